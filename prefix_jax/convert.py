@@ -1,0 +1,209 @@
+"""Hugging Face checkpoints -> (model config, params pytree) for the project's models.
+
+A checkpoint is a directory as `save_pretrained` writes it: `config.json` plus
+`model.safetensors` (read with the `safetensors` numpy API; torch not needed) or
+`pytorch_model.bin` (needs torch). `config.json`'s `model_type` picks the
+converter. Every tensor is accounted for: missing, unexpected or misshapen ones
+raise `CheckpointFormatError` naming them, never a silently partial model.
+"""
+
+import json
+import os
+from typing import Callable
+
+import numpy as np
+
+from prefix_jax.data import tokenizer as tokenizer_lib
+from prefix_jax.models import gpt2
+
+
+class CheckpointFormatError(ValueError):
+    """The checkpoint directory does not hold what its model type needs."""
+
+
+def read_config(path: str) -> dict:
+    """The directory's config.json as a dict."""
+    file = os.path.join(path, "config.json")
+    if not os.path.isfile(file):
+        raise CheckpointFormatError(
+            f"{path!r} has no config.json; give a directory written by Hugging Face's save_pretrained."
+        )
+    with open(file) as f:
+        return json.load(f)
+
+
+def read_tensors(path: str) -> dict[str, np.ndarray]:
+    """Every tensor of the checkpoint in `path` as float32 numpy arrays, by name.
+
+    Prefers model.safetensors (or a sharded model.safetensors.index.json);
+    falls back to pytorch_model.bin, which needs torch.
+    """
+    safetensors_file = os.path.join(path, "model.safetensors")
+    index_file = os.path.join(path, "model.safetensors.index.json")
+    torch_file = os.path.join(path, "pytorch_model.bin")
+    if os.path.isfile(safetensors_file) or os.path.isfile(index_file):
+        from safetensors.numpy import load_file
+
+        if os.path.isfile(safetensors_file):
+            files = [safetensors_file]
+        else:
+            with open(index_file) as f:
+                files = [os.path.join(path, name) for name in sorted(set(json.load(f)["weight_map"].values()))]
+        tensors = {}
+        for file in files:
+            tensors.update(load_file(file))
+    elif os.path.isfile(torch_file):
+        try:
+            import torch
+        except ImportError as e:
+            raise CheckpointFormatError(
+                f"{torch_file} is a PyTorch file and torch is not installed; install the "
+                f"[parity] extra or convert the checkpoint to safetensors."
+            ) from e
+        state = torch.load(torch_file, map_location="cpu", weights_only=True)
+        tensors = {name: t.float().numpy() for name, t in state.items()}
+    else:
+        raise CheckpointFormatError(
+            f"{path!r} has neither model.safetensors nor pytorch_model.bin."
+        )
+    return {name: np.asarray(t, np.float32) for name, t in tensors.items()}
+
+
+class _Tensors:
+    """Takes named tensors out of a checkpoint, checking shapes, and reports the rest."""
+
+    def __init__(self, tensors: dict, path: str, ignore: Callable[[str], bool]):
+        self.tensors = {name: t for name, t in tensors.items() if not ignore(name)}
+        self.path = path
+        self.missing, self.wrong_shape, self.invalid, self.used = [], [], [], set()
+
+    def take(self, name: str, shape: tuple) -> np.ndarray:
+        self.used.add(name)
+        if name not in self.tensors:
+            self.missing.append(name)
+            return np.zeros(shape, np.float32)
+        tensor = self.tensors[name]
+        if tensor.shape != tuple(shape):
+            self.wrong_shape.append(f"{name}: {tensor.shape}, expected {tuple(shape)}")
+            return np.zeros(shape, np.float32)
+        return tensor
+
+    def check(self) -> None:
+        unexpected = sorted(set(self.tensors) - self.used)
+        problems = [
+            f"  {label}: {', '.join(items)}"
+            for label, items in (
+                ("missing", self.missing), ("wrong shape", self.wrong_shape),
+                ("unexpected", unexpected), ("invalid", self.invalid),
+            )
+            if items
+        ]
+        if problems:
+            raise CheckpointFormatError(
+                f"The checkpoint in {self.path!r} does not match its config.json:\n" + "\n".join(problems)
+            )
+
+
+def _strip_prefix(tensors: dict, prefix: str) -> dict:
+    """Names relative to the base model: LM-head checkpoints prefix them (`transformer.`)."""
+    return {name[len(prefix):] if name.startswith(prefix) else name: t for name, t in tensors.items()}
+
+
+def _require(hf: dict, key: str, allowed, path: str):
+    value = hf.get(key, allowed[0])
+    if value not in allowed:
+        raise CheckpointFormatError(
+            f"{path!r}: config.json has {key}={value!r}; this converter supports {allowed}."
+        )
+
+
+def gpt2_config(hf: dict, path: str = "") -> gpt2.GPT2Config:
+    """GPT2Config from a GPT-2 config.json (all sizes: small .. xl)."""
+    _require(hf, "activation_function", ("gelu_new",), path)
+    _require(hf, "scale_attn_weights", (True,), path)
+    _require(hf, "scale_attn_by_inverse_layer_idx", (False,), path)
+    _require(hf, "add_cross_attention", (False,), path)
+    d = hf["n_embd"]
+    return gpt2.GPT2Config(
+        vocab_size=hf["vocab_size"],
+        num_layers=hf["n_layer"],
+        num_heads=hf["n_head"],
+        d_model=d,
+        d_ff=hf.get("n_inner") or 4 * d,
+        max_len=hf["n_positions"],
+        tie_embeddings=hf.get("tie_word_embeddings", True),
+        layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5),
+    )
+
+
+def _gpt2_ignored(name: str) -> bool:
+    # Causal-mask buffers that older GPT-2 checkpoints saved beside the weights.
+    return name.endswith((".attn.bias", ".attn.masked_bias"))
+
+
+def gpt2_params(tensors: dict, c: gpt2.GPT2Config, path: str = "") -> dict:
+    """Params for `gpt2.GPT2` from GPT-2 tensors (GPT2Model or GPT2LMHeadModel names).
+
+    HF's Conv1D stores weights [in, out], the layout of a flax kernel; the fused
+    c_attn [d, 3d] splits into query, key, value, each reshaped to [d, heads, head_dim].
+    """
+    t = _Tensors(_strip_prefix(tensors, "transformer."), path, _gpt2_ignored)
+    d, heads, hd, ff = c.d_model, c.num_heads, c.head_dim, c.d_ff
+    norm = lambda name: {"scale": t.take(f"{name}.weight", (d,)), "bias": t.take(f"{name}.bias", (d,))}
+    params = {
+        "token_embed": {"embedding": t.take("wte.weight", (c.vocab_size, d))},
+        "position_embed": {"embedding": t.take("wpe.weight", (c.max_len, d))},
+        "final_norm": norm("ln_f"),
+    }
+    for i in range(c.num_layers):
+        h = f"h.{i}"
+        qkv_kernel = t.take(f"{h}.attn.c_attn.weight", (d, 3 * d)).reshape(d, 3, heads, hd)
+        qkv_bias = t.take(f"{h}.attn.c_attn.bias", (3 * d,)).reshape(3, heads, hd)
+        attn = {
+            name: {"kernel": qkv_kernel[:, j], "bias": qkv_bias[j]}
+            for j, name in enumerate(("query", "key", "value"))
+        }
+        attn["out"] = {
+            "kernel": t.take(f"{h}.attn.c_proj.weight", (d, d)).reshape(heads, hd, d),
+            "bias": t.take(f"{h}.attn.c_proj.bias", (d,)),
+        }
+        params[gpt2.layer_name(i)] = {
+            "ln_1": norm(f"{h}.ln_1"),
+            "attn": attn,
+            "ln_2": norm(f"{h}.ln_2"),
+            "mlp": {
+                "fc": {"kernel": t.take(f"{h}.mlp.c_fc.weight", (d, ff)), "bias": t.take(f"{h}.mlp.c_fc.bias", (ff,))},
+                "proj": {"kernel": t.take(f"{h}.mlp.c_proj.weight", (ff, d)), "bias": t.take(f"{h}.mlp.c_proj.bias", (d,))},
+            },
+        }
+    if c.tie_embeddings:
+        # save_pretrained usually drops a tied head; when present it must equal wte.
+        head = t.tensors.get("lm_head.weight")
+        t.used.add("lm_head.weight")
+        if head is not None and not np.array_equal(head, params["token_embed"]["embedding"]):
+            t.invalid.append("lm_head.weight: differs from wte.weight but tie_word_embeddings is true")
+    else:
+        params["lm_head"] = {"kernel": t.take("lm_head.weight", (c.vocab_size, d)).T}
+    t.check()
+    return params
+
+
+_CONVERTERS = {"gpt2": (gpt2_config, gpt2_params)}
+
+
+def load(path: str):
+    """(model config, params) of the Hugging Face checkpoint directory `path`."""
+    hf = read_config(path)
+    model_type = hf.get("model_type")
+    if model_type not in _CONVERTERS:
+        raise CheckpointFormatError(
+            f"{path!r}: model_type {model_type!r} has no converter; supported: {sorted(_CONVERTERS)}."
+        )
+    make_config, make_params = _CONVERTERS[model_type]
+    config = make_config(hf, path)
+    return config, make_params(read_tensors(path), config, path)
+
+
+def load_tokenizer(path: str):
+    """The checkpoint directory's tokenizer.json as a `tokenizers.Tokenizer`."""
+    return tokenizer_lib.load(os.path.join(path, "tokenizer.json"))

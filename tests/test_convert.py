@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
+import hf_tiny  # noqa: E402
 from prefix_jax import convert  # noqa: E402
 from prefix_jax.data import tokenizer as tokenizer_lib  # noqa: E402
 from prefix_jax.models import gpt2  # noqa: E402
@@ -20,70 +21,36 @@ from prefix_jax.models import gpt2  # noqa: E402
 ATOL = 1e-4
 
 
-def tiny_gpt2(tie=True, seed=0):
-    torch.manual_seed(seed)
-    config = transformers.GPT2Config(
-        n_layer=2, n_embd=32, n_head=4, vocab_size=97, n_positions=64, tie_word_embeddings=tie,
-        bos_token_id=0, eos_token_id=0,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-    )
-    model = transformers.GPT2LMHeadModel(config).eval()
-    with torch.no_grad():  # GPT-2's 0.02 init gives near-uniform attention; make the test sharp.
-        for p in model.parameters():
-            p.mul_(5.0)
-    return model
-
-
 @pytest.fixture(scope="module")
 def hf_gpt2(tmp_path_factory):
     path = tmp_path_factory.mktemp("gpt2")
-    model = tiny_gpt2()
+    model = hf_tiny.gpt2()
     model.save_pretrained(path)
     return model, str(path)
-
-
-def torch_logits(model, tokens, mask=None, **kwargs):
-    with torch.no_grad():
-        out = model(
-            input_ids=torch.tensor(np.asarray(tokens)),
-            attention_mask=None if mask is None else torch.tensor(np.asarray(mask)),
-            **kwargs,
-        )
-    return out.logits.numpy()
-
-
-def batch(vocab=97):
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(0, vocab, (3, 9))
-    mask = np.ones((3, 9), np.int64)
-    mask[1, 6:] = 0  # right padding
-    mask[2, 3:] = 0
-    return tokens, mask
 
 
 def test_gpt2_logits_match_hugging_face(hf_gpt2):
     model, path = hf_gpt2
     config, params = convert.load(path)
     assert config == gpt2.GPT2Config(vocab_size=97, num_layers=2, num_heads=4, d_model=32, d_ff=128, max_len=64)
-    tokens, mask = batch()
+    tokens, mask = hf_tiny.batch()
     ours = np.asarray(gpt2.GPT2(config).apply({"params": params}, jnp.asarray(tokens), attention_mask=jnp.asarray(mask)))
-    theirs = torch_logits(model, tokens, mask)
-    valid = mask.astype(bool)
-    diff = np.abs(ours - theirs)[valid].max()
+    theirs = hf_tiny.logits(model, tokens, mask)
+    diff = hf_tiny.max_diff(ours, theirs, mask)
     print(f"gpt2 no-prefix max |logit diff| = {diff:.2e}")
     assert diff < ATOL
     assert np.abs(theirs).max() > 1.0  # The comparison is not between two near-zero tensors.
 
 
 def test_gpt2_untied_head_from_pytorch_bin(tmp_path):
-    model = tiny_gpt2(tie=False, seed=1)
+    model = hf_tiny.gpt2(tie=False, seed=1)
     model.config.save_pretrained(tmp_path)
     torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")  # The pre-safetensors format.
     config, params = convert.load(str(tmp_path))
     assert not config.tie_embeddings and "lm_head" in params
-    tokens, mask = batch()
+    tokens, mask = hf_tiny.batch()
     ours = np.asarray(gpt2.GPT2(config).apply({"params": params}, jnp.asarray(tokens), attention_mask=jnp.asarray(mask)))
-    assert np.abs(ours - torch_logits(model, tokens, mask))[mask.astype(bool)].max() < ATOL
+    assert hf_tiny.max_diff(ours, hf_tiny.logits(model, tokens, mask), mask) < ATOL
 
 
 def _rewrite(path, edit):
@@ -105,7 +72,7 @@ def _rewrite(path, edit):
     ],
 )
 def test_bad_checkpoints_name_the_tensor(tmp_path, edit, message):
-    tiny_gpt2().save_pretrained(tmp_path)
+    hf_tiny.gpt2().save_pretrained(tmp_path)
     _rewrite(tmp_path, edit)
     with pytest.raises(convert.CheckpointFormatError, match=message.replace("(", r"\(").replace(")", r"\)")):
         convert.load(str(tmp_path))
@@ -117,7 +84,7 @@ def test_bad_directories_fail_clearly(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba"}))
     with pytest.raises(convert.CheckpointFormatError, match="model_type 'mamba' has no converter"):
         convert.load(str(tmp_path))
-    tiny_gpt2().config.save_pretrained(tmp_path)
+    hf_tiny.gpt2().config.save_pretrained(tmp_path)
     with pytest.raises(convert.CheckpointFormatError, match="neither model.safetensors nor pytorch_model.bin"):
         convert.load(str(tmp_path))
     config = json.loads((tmp_path / "config.json").read_text())

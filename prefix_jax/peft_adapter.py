@@ -1,0 +1,133 @@
+"""PEFT prefix-tuning adapters <-> prefix_jax kv prefixes.
+
+A PEFT `PrefixTuningConfig` adapter directory holds `adapter_config.json` and
+`adapter_model.safetensors` with one tensor, `prompt_embeddings`
+`[n, num_layers * 2 * token_dim]`, whose last axis is `[L0 K | L0 V | L1 K | ...]`,
+each `[heads, head_dim]` flattened (token_dim = heads * head_dim). That is the
+projection MLP's output when `prefix_projection` is true (the MLP is not saved),
+so an adapter always imports as a plain kv prefix, and exports are written
+folded (`prefix_projection: false`).
+
+Positions: PEFT passes the prefix as `past_key_values`, so the real tokens get
+positions n..n+m-1. `positions(n, batch, m)` gives that convention; apply the
+model with it to get PEFT's logits. Prefixes trained here use positions 0..m-1
+(the model's default), so an exported prefix meets inputs shifted by n in PEFT.
+
+Only numpy and safetensors are needed: no torch.
+"""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from prefix_jax import prefix as prefix_lib
+
+WEIGHTS = "adapter_model.safetensors"
+CONFIG = "adapter_config.json"
+
+
+class AdapterFormatError(ValueError):
+    """The adapter directory is not a PEFT prefix-tuning adapter for this model."""
+
+
+def _kv_heads(model_config) -> int:
+    """Heads of the keys and values (fewer than query heads under grouped-query attention)."""
+    return getattr(model_config, "num_kv_heads", model_config.num_heads)
+
+
+def positions(n: int, batch: int, m: int) -> jax.Array:
+    """[batch, m] positions n..n+m-1: Hugging Face's convention behind a cache of n entries."""
+    return jnp.broadcast_to(n + jnp.arange(m), (batch, m))
+
+
+def to_prompt_embeddings(key: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """Stacked K, V [L, n, heads, head_dim] -> PEFT's [n, L * 2 * heads * head_dim]."""
+    layers, n = key.shape[:2]
+    kv = np.stack([np.asarray(key), np.asarray(value)], axis=1)  # [L, 2, n, heads, head_dim]
+    return np.ascontiguousarray(kv.transpose(2, 0, 1, 3, 4).reshape(n, -1), np.float32)
+
+
+def from_prompt_embeddings(embeddings: np.ndarray, model_config) -> dict:
+    """PEFT's [n, L * 2 * heads * head_dim] -> {"key", "value"}, each [L, n, heads, head_dim]."""
+    n = embeddings.shape[0]
+    shape = (n, model_config.num_layers, 2, _kv_heads(model_config), model_config.head_dim)
+    kv = np.asarray(embeddings, np.float32).reshape(shape).transpose(2, 1, 0, 3, 4)
+    return {"key": jnp.asarray(kv[0]), "value": jnp.asarray(kv[1])}
+
+
+def as_kv(spec: prefix_lib.PrefixSpec, params: dict, model, base_params=None):
+    """Any prefix as plain K/V: reparameterisation folded, hidden states compiled to K/V."""
+    if spec.kind == "prompt":
+        raise AdapterFormatError(
+            "A prompt-tuning prompt is not a prefix; PEFT prefix tuning cannot hold it. Export a 'kv' or "
+            "'hidden' prefix."
+        )
+    if spec.kind == "hidden":
+        if base_params is None:
+            raise ValueError("Exporting a 'hidden' prefix needs the base params to compute its K/V.")
+        return prefix_lib.hidden_to_kv(spec, params, model, base_params)
+    return prefix_lib.fold(spec, params, model.config)
+
+
+def save(
+    out_dir: str, spec: prefix_lib.PrefixSpec, params: dict, model, base_params=None,
+    base_model_name_or_path: str = "",
+) -> str:
+    """Writes `spec`/`params` as a PEFT prefix-tuning adapter (CAUSAL_LM) into `out_dir`."""
+    from safetensors.numpy import save_file
+
+    _, kv = as_kv(spec, params, model, base_params)
+    c = model.config
+    embeddings = to_prompt_embeddings(np.asarray(kv["key"]), np.asarray(kv["value"]))
+    token_dim = _kv_heads(c) * c.head_dim
+    config = {
+        "peft_type": "PREFIX_TUNING",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model_name_or_path or None,
+        "inference_mode": True,
+        "num_virtual_tokens": spec.length,
+        "num_layers": c.num_layers,
+        "token_dim": token_dim,
+        "num_attention_heads": _kv_heads(c),
+        "num_transformer_submodules": 1,
+        "encoder_hidden_size": c.d_model,
+        "prefix_projection": False,  # The K/V are written folded.
+    }
+    os.makedirs(out_dir, exist_ok=True)
+    save_file({"prompt_embeddings": embeddings}, os.path.join(out_dir, WEIGHTS))
+    with open(os.path.join(out_dir, CONFIG), "w") as f:
+        json.dump(config, f, indent=2)
+    return out_dir
+
+
+def load(adapter_dir: str, model_config) -> tuple[prefix_lib.PrefixSpec, dict]:
+    """A PEFT prefix-tuning adapter as (kv PrefixSpec, {"key", "value"} [L, n, heads, head_dim])."""
+    from safetensors.numpy import load_file
+
+    files = [os.path.join(adapter_dir, name) for name in (CONFIG, WEIGHTS)]
+    for file in files:
+        if not os.path.isfile(file):
+            raise AdapterFormatError(f"{file} does not exist; give a directory written by PeftModel.save_pretrained.")
+    with open(files[0]) as f:
+        config = json.load(f)
+    if config.get("peft_type") != "PREFIX_TUNING":
+        raise AdapterFormatError(f"{adapter_dir}: peft_type is {config.get('peft_type')!r}, not 'PREFIX_TUNING'.")
+    expected = {
+        "num_layers": model_config.num_layers,
+        "num_attention_heads": _kv_heads(model_config),
+        "token_dim": _kv_heads(model_config) * model_config.head_dim,
+        "num_transformer_submodules": 1,
+    }
+    problems = [f"{k}={config.get(k)!r} (the model needs {v})" for k, v in expected.items() if config.get(k) != v]
+    if problems:
+        raise AdapterFormatError(f"{adapter_dir} was made for another model: " + ", ".join(problems) + ".")
+    tensors = load_file(files[1])
+    n = config["num_virtual_tokens"]
+    want = (n, 2 * model_config.num_layers * expected["token_dim"])
+    if set(tensors) != {"prompt_embeddings"} or tensors["prompt_embeddings"].shape != want:
+        found = {name: t.shape for name, t in tensors.items()}
+        raise AdapterFormatError(f"{files[1]} holds {found}; expected only prompt_embeddings of shape {want}.")
+    return prefix_lib.PrefixSpec(kind="kv", length=n), from_prompt_embeddings(tensors["prompt_embeddings"], model_config)

@@ -7,6 +7,7 @@ converter. Every tensor is accounted for: missing, unexpected or misshapen ones
 raise `CheckpointFormatError` naming them, never a silently partial model.
 """
 
+import dataclasses
 import json
 import os
 from typing import Callable
@@ -202,6 +203,26 @@ def load(path: str):
     make_config, make_params = _CONVERTERS[model_type]
     config = make_config(hf, path)
     return config, make_params(read_tensors(path), config, path)
+
+
+def load_params(path: str, expected) -> dict:
+    """Params of the checkpoint in `path`, refused unless its architecture is `expected`'s.
+
+    Training-time fields (dropout, activation dtype) are the run's choice and not compared.
+    """
+    config, params = load(path)
+    same_run = dataclasses.replace(config, dropout_rate=expected.dropout_rate, dtype=expected.dtype)
+    if type(config) is not type(expected) or same_run != expected:
+        differ = [
+            f"{f.name}: checkpoint {getattr(config, f.name)!r}, config {getattr(expected, f.name)!r}"
+            for f in dataclasses.fields(expected)
+            if getattr(same_run, f.name, None) != getattr(expected, f.name)
+        ]
+        raise CheckpointFormatError(
+            f"The checkpoint in {path!r} does not fit config.model ({'; '.join(differ) or type(config).__name__}); "
+            f"set config.model to the checkpoint's architecture."
+        )
+    return params
 
 
 def load_tokenizer(path: str):

@@ -17,10 +17,10 @@ def sharpen(model, scale=5.0):
     return model
 
 
-def gpt2(tie=True, seed=0):
+def gpt2(tie=True, seed=0, vocab_size=97, n_positions=64):
     torch.manual_seed(seed)
     config = transformers.GPT2Config(
-        n_layer=2, n_embd=32, n_head=4, vocab_size=97, n_positions=64, tie_word_embeddings=tie,
+        n_layer=2, n_embd=32, n_head=4, vocab_size=vocab_size, n_positions=n_positions, tie_word_embeddings=tie,
         bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
     )
     return sharpen(transformers.GPT2LMHeadModel(config).eval())

@@ -1,0 +1,112 @@
+"""Hugging Face base weights in experiments, paper-setting configs, and the export/import commands.
+
+The command-line test trains on a tiny Hugging Face GPT-2, exports the best prefix, loads it
+in PEFT (same logits), imports it back into a new workdir (same dev loss). Needs the
+[parity] extra; skipped without it.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+
+import hf_tiny  # noqa: E402
+from experiments import dart_gpt2_medium, e2e_gpt2_medium, tiny, webnlg_gpt2_medium  # noqa: E402
+from prefix_jax import convert, peft_adapter, train  # noqa: E402
+from prefix_jax import prefix as prefix_lib  # noqa: E402
+from prefix_jax.models import gpt2  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_HF = dict(vocab_size=257, num_layers=2, num_heads=4, d_model=32, d_ff=128, max_len=128)
+
+
+@pytest.mark.parametrize(
+    "module, lr, length, batch, steps",
+    [
+        (e2e_gpt2_medium, 8e-5, 5, 10, 5 * 4207),
+        (webnlg_gpt2_medium, 5e-5, 5, 5, 5 * 3605),
+        (dart_gpt2_medium, 5e-5, 10, 5, 10 * 12532),
+    ],
+)
+def test_paper_configs(module, lr, length, batch, steps):
+    config = module.get_config("/models/gpt2-medium")
+    assert train.model_config(config) == gpt2.GPT2Config(
+        vocab_size=50257, num_layers=24, num_heads=16, d_model=1024, d_ff=4096, max_len=1024
+    )
+    assert config.model.hf_checkpoint == "/models/gpt2-medium"
+    assert config.data.tokenizer == "/models/gpt2-medium/tokenizer.json"
+    assert (config.train.lr, config.prefix.length, config.train.batch_size) == (lr, length, batch)
+    assert config.train.num_steps == steps and config.prefix.reparam_dim == 512
+    with pytest.raises(ValueError, match="Give the Hugging Face GPT-2 medium directory"):
+        module.get_config()
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gpt2")
+    hf_tiny.gpt2(vocab_size=257, n_positions=128).save_pretrained(path)
+    return str(path)
+
+
+def test_create_reads_base_weights_from_hf_checkpoint(hf_dir):
+    config = tiny.get_config()
+    config.model.update(TINY_HF)
+    config.model.hf_checkpoint = hf_dir
+    _, state = train.create(config)
+    _, expected = convert.load(hf_dir)
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params["base"]), expected)
+    config.model.num_layers = 3
+    with pytest.raises(convert.CheckpointFormatError, match="num_layers: checkpoint 2, config 3"):
+        train.create(config)
+
+
+def _main(*args):
+    result = subprocess.run(
+        [sys.executable, "-m", "prefix_jax.main", *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+def test_train_export_to_peft_import_back(hf_dir, tmp_path):
+    flags = [
+        f"--config=experiments/webnlg_gpt2_medium.py:{hf_dir}",
+        *(f"--config.model.{k}={v}" for k, v in TINY_HF.items()),
+        "--config.prefix.reparam_dim=16", "--config.data.name=copy", "--config.data.tokenizer=byte",
+        "--config.data.num_train=16", "--config.data.num_dev=4", "--config.train.batch_size=4",
+        "--config.train.lr=1e-2", "--config.train.num_steps=2", "--config.train.eval_every=2",
+        "--config.checkpoint.every=2",
+    ]
+    trained, adapter = tmp_path / "trained", tmp_path / "adapter"
+    _main(*flags, f"--workdir={trained}")
+    exported = _main("export", *flags, f"--workdir={trained}", f"--out={adapter}")
+    assert exported["num_virtual_tokens"] == 5
+
+    # PEFT gives the logits of the converted model with the exported (folded) prefix.
+    peft_model = peft.PeftModel.from_pretrained(
+        transformers.GPT2LMHeadModel.from_pretrained(hf_dir).eval(), str(adapter)
+    ).eval()
+    config, base = convert.load(hf_dir)
+    spec, kv = peft_adapter.load(str(adapter), config)
+    tokens, mask = hf_tiny.batch(vocab=257)
+    ours = gpt2.GPT2(config).apply(
+        {"params": base}, jnp.asarray(tokens), attention_mask=jnp.asarray(mask),
+        positions=peft_adapter.positions(5, *tokens.shape), **prefix_lib.model_inputs(spec, kv, config),
+    )
+    assert hf_tiny.max_diff(ours, hf_tiny.logits(peft_model, tokens, mask), mask) < 1e-4
+
+    # Imported into a kv-prefix workdir, the adapter scores on dev as `eval` then reports.
+    kv_flags = [*flags, "--config.prefix.reparam_dim=0"]
+    imported = _main("import", *kv_flags, f"--workdir={tmp_path / 'imported'}", f"--adapter={adapter}")
+    evaluated = _main("eval", *kv_flags, f"--workdir={tmp_path / 'imported'}")
+    assert evaluated["dev_loss"] == pytest.approx(imported["dev_loss"], rel=1e-6)
+    assert evaluated["step"] == 0

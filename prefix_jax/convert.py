@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from prefix_jax.data import tokenizer as tokenizer_lib
-from prefix_jax.models import gpt2
+from prefix_jax.models import gpt2, llama
 
 
 class CheckpointFormatError(ValueError):
@@ -177,19 +177,86 @@ def gpt2_params(tensors: dict, c: gpt2.GPT2Config, path: str = "") -> dict:
                 "proj": {"kernel": t.take(f"{h}.mlp.c_proj.weight", (ff, d)), "bias": t.take(f"{h}.mlp.c_proj.bias", (d,))},
             },
         }
-    if c.tie_embeddings:
-        # save_pretrained usually drops a tied head; when present it must equal wte.
-        head = t.tensors.get("lm_head.weight")
-        t.used.add("lm_head.weight")
-        if head is not None and not np.array_equal(head, params["token_embed"]["embedding"]):
-            t.invalid.append("lm_head.weight: differs from wte.weight but tie_word_embeddings is true")
-    else:
-        params["lm_head"] = {"kernel": t.take("lm_head.weight", (c.vocab_size, d)).T}
+    _take_head(t, params, c)
     t.check()
     return params
 
 
-_CONVERTERS = {"gpt2": (gpt2_config, gpt2_params)}
+def llama_config(hf: dict, path: str = "") -> llama.LlamaConfig:
+    """LlamaConfig from a Llama config.json (RoPE without scaling, SiLU gate, no biases)."""
+    _require(hf, "hidden_act", ("silu",), path)
+    _require(hf, "attention_bias", (False,), path)
+    _require(hf, "mlp_bias", (False,), path)
+    rope = hf.get("rope_parameters") or {"rope_type": "default", "rope_theta": hf.get("rope_theta", 10000.0)}
+    _require(rope, "rope_type", ("default",), path)
+    if hf.get("rope_scaling"):
+        raise CheckpointFormatError(f"{path!r}: rope_scaling {hf['rope_scaling']!r} is not supported.")
+    heads = hf["num_attention_heads"]
+    return llama.LlamaConfig(
+        vocab_size=hf["vocab_size"],
+        num_layers=hf["num_hidden_layers"],
+        num_heads=heads,
+        num_kv_heads=hf.get("num_key_value_heads") or heads,
+        d_model=hf["hidden_size"],
+        d_ff=hf["intermediate_size"],
+        max_len=hf["max_position_embeddings"],
+        head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+        rope_theta=float(rope["rope_theta"]),
+        rms_norm_epsilon=hf.get("rms_norm_eps", 1e-6),
+        tie_embeddings=hf.get("tie_word_embeddings", False),
+    )
+
+
+def llama_params(tensors: dict, c: llama.LlamaConfig, path: str = "") -> dict:
+    """Params for `llama.Llama` from LlamaForCausalLM tensors.
+
+    torch Linear weights are [out, in]; flax kernels are [in, out], split per head.
+    """
+    # Older checkpoints saved RoPE's inverse frequencies, which are recomputed here.
+    t = _Tensors(_strip_prefix(tensors, "model."), path, lambda name: name.endswith("rotary_emb.inv_freq"))
+    d, hd, ff = c.d_model, c.head_dim, c.d_ff
+    linear = lambda name, out, inp: t.take(f"{name}.weight", (out, inp)).T
+    params = {
+        "token_embed": {"embedding": t.take("embed_tokens.weight", (c.vocab_size, d))},
+        "final_norm": {"scale": t.take("norm.weight", (d,))},
+    }
+    for i in range(c.num_layers):
+        h = f"layers.{i}"
+        attn = {
+            name: {"kernel": linear(f"{h}.self_attn.{proj}", heads * hd, d).reshape(d, heads, hd)}
+            for name, proj, heads in (
+                ("query", "q_proj", c.num_heads), ("key", "k_proj", c.num_kv_heads), ("value", "v_proj", c.num_kv_heads)
+            )
+        }
+        attn["out"] = {"kernel": linear(f"{h}.self_attn.o_proj", d, c.num_heads * hd).reshape(c.num_heads, hd, d)}
+        params[gpt2.layer_name(i)] = {
+            "attn_norm": {"scale": t.take(f"{h}.input_layernorm.weight", (d,))},
+            "attn": attn,
+            "mlp_norm": {"scale": t.take(f"{h}.post_attention_layernorm.weight", (d,))},
+            "mlp": {
+                "gate": {"kernel": linear(f"{h}.mlp.gate_proj", ff, d)},
+                "up": {"kernel": linear(f"{h}.mlp.up_proj", ff, d)},
+                "down": {"kernel": linear(f"{h}.mlp.down_proj", d, ff)},
+            },
+        }
+    _take_head(t, params, c)
+    t.check()
+    return params
+
+
+def _take_head(t: _Tensors, params: dict, c) -> None:
+    """lm_head: its own kernel, or (tied) absent or equal to the token embedding."""
+    if c.tie_embeddings:
+        # save_pretrained usually drops a tied head; when present it must equal the embedding.
+        head = t.tensors.get("lm_head.weight")
+        t.used.add("lm_head.weight")
+        if head is not None and not np.array_equal(head, params["token_embed"]["embedding"]):
+            t.invalid.append("lm_head.weight: differs from the token embedding but tie_word_embeddings is true")
+    else:
+        params["lm_head"] = {"kernel": t.take("lm_head.weight", (c.vocab_size, c.d_model)).T}
+
+
+_CONVERTERS = {"gpt2": (gpt2_config, gpt2_params), "llama": (llama_config, llama_params)}
 
 
 def load(path: str):
@@ -211,15 +278,19 @@ def load_params(path: str, expected) -> dict:
     Training-time fields (dropout, activation dtype) are the run's choice and not compared.
     """
     config, params = load(path)
+    if type(config) is not type(expected):
+        raise CheckpointFormatError(
+            f"The checkpoint in {path!r} is a {type(config).__name__}; this run needs a {type(expected).__name__}."
+        )
     same_run = dataclasses.replace(config, dropout_rate=expected.dropout_rate, dtype=expected.dtype)
-    if type(config) is not type(expected) or same_run != expected:
+    if same_run != expected:
         differ = [
             f"{f.name}: checkpoint {getattr(config, f.name)!r}, config {getattr(expected, f.name)!r}"
             for f in dataclasses.fields(expected)
-            if getattr(same_run, f.name, None) != getattr(expected, f.name)
+            if getattr(same_run, f.name) != getattr(expected, f.name)
         ]
         raise CheckpointFormatError(
-            f"The checkpoint in {path!r} does not fit config.model ({'; '.join(differ) or type(config).__name__}); "
+            f"The checkpoint in {path!r} does not fit config.model ({'; '.join(differ)}); "
             f"set config.model to the checkpoint's architecture."
         )
     return params

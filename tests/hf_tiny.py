@@ -49,3 +49,14 @@ def batch(vocab=97, seed=0):
 def max_diff(ours, theirs, mask):
     """Largest |difference| over real (unpadded) positions."""
     return float(np.abs(np.asarray(ours) - theirs)[np.asarray(mask).astype(bool)].max())
+
+
+def llama(seed=0, tie=False):
+    """4 query heads sharing 2 key/value heads (grouped-query attention)."""
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(
+        vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, bos_token_id=0, eos_token_id=0,
+        tie_word_embeddings=tie, rope_theta=1000.0,
+    )
+    return sharpen(transformers.LlamaForCausalLM(config).eval(), scale=3.0)

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from prefix_jax.data import tokenizer as tokenizer_lib
-from prefix_jax.models import gpt2, llama
+from prefix_jax.models import bart, gpt2, llama
 
 
 class CheckpointFormatError(ValueError):
@@ -256,7 +256,86 @@ def _take_head(t: _Tensors, params: dict, c) -> None:
         params["lm_head"] = {"kernel": t.take("lm_head.weight", (c.vocab_size, c.d_model)).T}
 
 
-_CONVERTERS = {"gpt2": (gpt2_config, gpt2_params), "llama": (llama_config, llama_params)}
+def bart_config(hf: dict, path: str = "") -> bart.BartConfig:
+    """BartConfig from a BART config.json (post-LN, exact GELU, same heads and widths on both sides)."""
+    _require(hf, "activation_function", ("gelu",), path)
+    _require(hf, "normalize_before", (False,), path)
+    _require(hf, "add_final_layer_norm", (False,), path)
+    for encoder_key, decoder_key in (("encoder_attention_heads", "decoder_attention_heads"), ("encoder_ffn_dim", "decoder_ffn_dim")):
+        if hf[encoder_key] != hf[decoder_key]:
+            raise CheckpointFormatError(
+                f"{path!r}: {encoder_key}={hf[encoder_key]} differs from {decoder_key}={hf[decoder_key]}; "
+                f"this converter needs them equal."
+            )
+    return bart.BartConfig(
+        vocab_size=hf["vocab_size"],
+        encoder_layers=hf["encoder_layers"],
+        decoder_layers=hf["decoder_layers"],
+        num_heads=hf["encoder_attention_heads"],
+        d_model=hf["d_model"],
+        d_ff=hf["encoder_ffn_dim"],
+        max_len=hf["max_position_embeddings"],
+        scale_embedding=hf.get("scale_embedding", False),
+    )
+
+
+def bart_params(tensors: dict, c: bart.BartConfig, path: str = "") -> dict:
+    """Params for `bart.Bart` from BartForConditionalGeneration tensors (torch Linear: [out, in])."""
+    t = _Tensors(_strip_prefix(tensors, "model."), path, lambda name: False)
+    d, heads, hd, ff = c.d_model, c.num_heads, c.head_dim, c.d_ff
+    norm = lambda name: {"scale": t.take(f"{name}.weight", (d,)), "bias": t.take(f"{name}.bias", (d,))}
+    dense = lambda name, out, inp: {"kernel": t.take(f"{name}.weight", (out, inp)).T, "bias": t.take(f"{name}.bias", (out,))}
+
+    def attention(name):
+        qkv = {
+            ours: {
+                "kernel": t.take(f"{name}.{theirs}.weight", (d, d)).T.reshape(d, heads, hd),
+                "bias": t.take(f"{name}.{theirs}.bias", (d,)).reshape(heads, hd),
+            }
+            for ours, theirs in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj"))
+        }
+        qkv["out"] = {
+            "kernel": t.take(f"{name}.out_proj.weight", (d, d)).T.reshape(heads, hd, d),
+            "bias": t.take(f"{name}.out_proj.bias", (d,)),
+        }
+        return qkv
+
+    shared = t.take("shared.weight", (c.vocab_size, d))
+    params = {"token_embed": {"embedding": shared}, "final_logits_bias": t.take("final_logits_bias", (1, c.vocab_size))[0]}
+    for side, num_layers in (("encoder", c.encoder_layers), ("decoder", c.decoder_layers)):
+        # Some checkpoints repeat the shared embedding per side; it must be the same tensor.
+        copy = t.tensors.get(f"{side}.embed_tokens.weight")
+        t.used.add(f"{side}.embed_tokens.weight")
+        if copy is not None and not np.array_equal(copy, shared):
+            t.invalid.append(f"{side}.embed_tokens.weight: differs from shared.weight")
+        params[f"{side}_position_embed"] = {"embedding": t.take(f"{side}.embed_positions.weight", (c.max_len + 2, d))}
+        params[f"{side}_embed_norm"] = norm(f"{side}.layernorm_embedding")
+        for i in range(num_layers):
+            h = f"{side}.layers.{i}"
+            layer = {
+                "self_attn": attention(f"{h}.self_attn"),
+                "self_attn_norm": norm(f"{h}.self_attn_layer_norm"),
+                "fc1": dense(f"{h}.fc1", ff, d),
+                "fc2": dense(f"{h}.fc2", d, ff),
+                "final_norm": norm(f"{h}.final_layer_norm"),
+            }
+            if side == "decoder":
+                layer["cross_attn"] = attention(f"{h}.encoder_attn")
+                layer["cross_attn_norm"] = norm(f"{h}.encoder_attn_layer_norm")
+            params[f"{side}_{gpt2.layer_name(i)}"] = layer
+    head = t.tensors.get("lm_head.weight")  # BART ties its head to the shared embedding.
+    t.used.add("lm_head.weight")
+    if head is not None and not np.array_equal(head, shared):
+        t.invalid.append("lm_head.weight: differs from shared.weight (BART ties them)")
+    t.check()
+    return params
+
+
+_CONVERTERS = {
+    "gpt2": (gpt2_config, gpt2_params),
+    "llama": (llama_config, llama_params),
+    "bart": (bart_config, bart_params),
+}
 
 
 def load(path: str):

@@ -60,3 +60,17 @@ def llama(seed=0, tie=False):
         tie_word_embeddings=tie, rope_theta=1000.0,
     )
     return sharpen(transformers.LlamaForCausalLM(config).eval(), scale=3.0)
+
+
+def bart(seed=0):
+    torch.manual_seed(seed)
+    config = transformers.BartConfig(
+        vocab_size=97, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
+        dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+        pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=None,
+    )
+    model = sharpen(transformers.BartForConditionalGeneration(config).eval(), scale=3.0)
+    with torch.no_grad():  # A visible final_logits_bias, so a converter that dropped it would fail.
+        model.final_logits_bias.normal_()
+    return model

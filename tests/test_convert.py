@@ -99,3 +99,13 @@ def test_tokenizer_json_loads_from_the_checkpoint_directory(tmp_path):
     assert tokenizer.encode("hi").ids == [104, 105]
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
         convert.load_tokenizer(str(tmp_path / "elsewhere"))
+
+
+def test_sharded_safetensors_checkpoint(tmp_path):
+    model = hf_tiny.gpt2(seed=2)
+    model.save_pretrained(tmp_path, max_shard_size="20KB")
+    assert (tmp_path / "model.safetensors.index.json").exists() and not (tmp_path / "model.safetensors").exists()
+    config, params = convert.load(str(tmp_path))
+    tokens, mask = hf_tiny.batch()
+    ours = gpt2.GPT2(config).apply({"params": params}, jnp.asarray(tokens), attention_mask=jnp.asarray(mask))
+    assert hf_tiny.max_diff(ours, hf_tiny.logits(model, tokens, mask), mask) < ATOL

@@ -103,8 +103,8 @@ def save(
     return out_dir
 
 
-def load(adapter_dir: str, model_config) -> tuple[prefix_lib.PrefixSpec, dict]:
-    """A PEFT prefix-tuning adapter as (kv PrefixSpec, {"key", "value"} [L, n, heads, head_dim])."""
+def _read(adapter_dir: str, expected: dict) -> tuple[dict, np.ndarray]:
+    """(adapter_config.json, prompt_embeddings) after checking them against `expected` fields."""
     from safetensors.numpy import load_file
 
     files = [os.path.join(adapter_dir, name) for name in (CONFIG, WEIGHTS)]
@@ -115,19 +115,55 @@ def load(adapter_dir: str, model_config) -> tuple[prefix_lib.PrefixSpec, dict]:
         config = json.load(f)
     if config.get("peft_type") != "PREFIX_TUNING":
         raise AdapterFormatError(f"{adapter_dir}: peft_type is {config.get('peft_type')!r}, not 'PREFIX_TUNING'.")
-    expected = {
-        "num_layers": model_config.num_layers,
-        "num_attention_heads": _kv_heads(model_config),
-        "token_dim": _kv_heads(model_config) * model_config.head_dim,
-        "num_transformer_submodules": 1,
-    }
     problems = [f"{k}={config.get(k)!r} (the model needs {v})" for k, v in expected.items() if config.get(k) != v]
     if problems:
         raise AdapterFormatError(f"{adapter_dir} was made for another model: " + ", ".join(problems) + ".")
     tensors = load_file(files[1])
-    n = config["num_virtual_tokens"]
-    want = (n, 2 * model_config.num_layers * expected["token_dim"])
+    want = (config["num_virtual_tokens"], 2 * expected["num_layers"] * expected["token_dim"])
     if set(tensors) != {"prompt_embeddings"} or tensors["prompt_embeddings"].shape != want:
         found = {name: t.shape for name, t in tensors.items()}
         raise AdapterFormatError(f"{files[1]} holds {found}; expected only prompt_embeddings of shape {want}.")
-    return prefix_lib.PrefixSpec(kind="kv", length=n), from_prompt_embeddings(tensors["prompt_embeddings"], model_config)
+    return config, tensors["prompt_embeddings"]
+
+
+def load(adapter_dir: str, model_config) -> tuple[prefix_lib.PrefixSpec, dict]:
+    """A decoder-only PEFT prefix adapter as (kv PrefixSpec, {"key", "value"} [L, n, heads, head_dim])."""
+    heads = _kv_heads(model_config)
+    expected = {
+        "num_layers": model_config.num_layers,
+        "num_attention_heads": heads,
+        "token_dim": heads * model_config.head_dim,
+        "num_transformer_submodules": 1,
+    }
+    config, embeddings = _read(adapter_dir, expected)
+    return prefix_lib.PrefixSpec(kind="kv", length=config["num_virtual_tokens"]), from_prompt_embeddings(embeddings, model_config)
+
+
+def load_encoder_decoder(adapter_dir: str, model_config) -> dict:
+    """A SEQ_2_SEQ_LM PEFT prefix adapter as `bart.Bart`'s `prefix=` argument.
+
+    What PEFT does with it (peft 0.21, transformers 5, checked by the BART parity test):
+    it stores `num_layers` = the encoder's layer count, duplicates the K/V list and
+    groups it in fours per decoder layer (self K, self V, cross K, cross V), then drops
+    the cross-attention half. So decoder layer j's self-attention prefix is PEFT layer
+    (2j mod num_layers); odd layers are never used, and there is no encoder or cross
+    prefix. The decoder's positions start at n (`positions(n, ...)` as
+    `decoder_positions`).
+    """
+    layers = model_config.encoder_layers
+    expected = {
+        "num_layers": layers,
+        "num_attention_heads": model_config.num_heads,
+        "token_dim": model_config.d_model,
+        "num_transformer_submodules": 2,
+    }
+    config, embeddings = _read(adapter_dir, expected)
+    n = config["num_virtual_tokens"]
+    kv = np.asarray(embeddings, np.float32).reshape(n, layers, 2, model_config.num_heads, model_config.head_dim)
+    kv = kv.transpose(1, 2, 0, 3, 4)  # [L, 2, n, heads, head_dim]
+    return {
+        "decoder": tuple(
+            {"key": jnp.asarray(kv[(2 * j) % layers, 0]), "value": jnp.asarray(kv[(2 * j) % layers, 1])}
+            for j in range(model_config.decoder_layers)
+        )
+    }

@@ -1,8 +1,11 @@
 """BART-style encoder-decoder: converted tiny Hugging Face BART gives its logits; prefixes on
 encoder self-attention, decoder self-attention and cross-attention each reach the output.
 
+The PEFT comparison covers what PEFT can express: decoder self-attention prefixes.
 Needs the [parity] extra; skipped without it.
 """
+
+import copy
 
 import jax
 import jax.numpy as jnp
@@ -11,12 +14,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
 
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
 import hf_tiny  # noqa: E402
-from prefix_jax import convert  # noqa: E402
-from prefix_jax.models import bart  # noqa: E402
+from prefix_jax import convert, peft_adapter  # noqa: E402
+from prefix_jax.models import bart, gpt2  # noqa: E402
 
 ATOL = 1e-4
 N = 3
@@ -107,3 +111,35 @@ def test_bad_prefixes_and_checkpoints_fail_clearly(base, tmp_path):
     save_file(tensors, file)
     with pytest.raises(convert.CheckpointFormatError, match="missing: decoder.layers.1.encoder_attn.v_proj.bias"):
         convert.load(str(tmp_path))
+
+
+def test_peft_seq2seq_prefix_imports_with_equal_logits(base, tmp_path):
+    """PEFT prefix-tunes BART's decoder self-attention only (see peft_adapter.load_encoder_decoder)."""
+    torch_model, model, params = base
+    torch.manual_seed(5)
+    config = peft.PrefixTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=N)
+    peft_model = peft.get_peft_model(copy.deepcopy(torch_model), config).eval()
+    with torch.no_grad():
+        for p in peft_model.prompt_encoder.parameters():
+            p.mul_(3.0)
+    peft_model.save_pretrained(tmp_path)
+    prefix = peft_adapter.load_encoder_decoder(str(tmp_path), model.config)
+    assert set(prefix) == {"decoder"}
+    tokens, mask, decoder_tokens, decoder_mask = inputs()
+    with torch.no_grad():
+        theirs = peft_model(
+            input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask),
+            decoder_input_ids=torch.tensor(decoder_tokens), decoder_attention_mask=torch.tensor(decoder_mask),
+        ).logits.numpy()
+    ours_shifted = model.apply(
+        {"params": params}, jnp.asarray(tokens), jnp.asarray(decoder_tokens), prefix=prefix,
+        attention_mask=jnp.asarray(mask), decoder_attention_mask=jnp.asarray(decoder_mask),
+        decoder_positions=peft_adapter.positions(N, *decoder_tokens.shape),
+    )
+    diff = hf_tiny.max_diff(ours_shifted, theirs, decoder_mask)
+    print(f"bart PEFT (decoder self-attention) -> import: max |logit diff| = {diff:.2e}")
+    assert diff < ATOL
+    assert hf_tiny.max_diff(ours(model, params), theirs, decoder_mask) > 0.1
+    with pytest.raises(peft_adapter.AdapterFormatError, match="num_transformer_submodules=2 \\(the model needs 1\\)"):
+        peft_adapter.load(str(tmp_path), gpt2.GPT2Config(
+            vocab_size=97, num_layers=2, num_heads=4, d_model=32, d_ff=64, max_len=64))

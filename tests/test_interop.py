@@ -21,7 +21,7 @@ peft = pytest.importorskip("peft")
 
 import hf_tiny  # noqa: E402
 from experiments import dart_gpt2_medium, e2e_gpt2_medium, tiny, webnlg_gpt2_medium  # noqa: E402
-from prefix_jax import convert, peft_adapter, train  # noqa: E402
+from prefix_jax import convert, interop, peft_adapter, train  # noqa: E402
 from prefix_jax import prefix as prefix_lib  # noqa: E402
 from prefix_jax.models import gpt2  # noqa: E402
 
@@ -110,3 +110,34 @@ def test_train_export_to_peft_import_back(hf_dir, tmp_path):
     evaluated = _main("eval", *kv_flags, f"--workdir={tmp_path / 'imported'}")
     assert evaluated["dev_loss"] == pytest.approx(imported["dev_loss"], rel=1e-6)
     assert evaluated["step"] == 0
+
+
+def _tiny_run_config(hf_dir, **prefix):
+    config = webnlg_gpt2_medium.get_config(hf_dir)
+    config.model.update(TINY_HF)
+    config.prefix.update(prefix)
+    config.data.update(name="copy", tokenizer="byte", num_train=8, num_dev=4)
+    config.train.batch_size = 4
+    return config
+
+
+def test_import_refuses_a_mismatched_prefix_or_used_workdir(hf_dir, tmp_path):
+    model_config, _ = convert.load(hf_dir)
+    spec = prefix_lib.PrefixSpec(kind="kv", length=5)
+    peft_adapter.save(str(tmp_path / "adapter"), spec, prefix_lib.init_random(spec, model_config, jax.random.key(0)),
+                      gpt2.GPT2(model_config))
+    with pytest.raises(ValueError, match="--config.prefix.reparam_dim=0"):
+        interop.import_adapter(_tiny_run_config(hf_dir, reparam_dim=16), str(tmp_path / "a"), str(tmp_path / "adapter"))
+    config = _tiny_run_config(hf_dir, reparam_dim=0)
+    interop.import_adapter(config, str(tmp_path / "b"), str(tmp_path / "adapter"))
+    with pytest.raises(FileExistsError, match="already holds checkpoints"):
+        interop.import_adapter(config, str(tmp_path / "b"), str(tmp_path / "adapter"))
+
+
+def test_export_and_import_need_their_directory_flag(tmp_path):
+    for command, flag in (("export", "--out"), ("import", "--adapter")):
+        result = subprocess.run(
+            [sys.executable, "-m", "prefix_jax.main", command, "--config=experiments/tiny.py", f"--workdir={tmp_path}"],
+            cwd=ROOT, capture_output=True, text=True, timeout=600,
+        )
+        assert result.returncode != 0 and f"This command needs {flag}" in result.stderr

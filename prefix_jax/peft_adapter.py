@@ -13,7 +13,7 @@ positions n..n+m-1. `positions(n, batch, m)` gives that convention; apply the
 model with it to get PEFT's logits. Prefixes trained here use positions 0..m-1
 (the model's default), so an exported prefix meets inputs shifted by n in PEFT.
 
-Only numpy and safetensors are needed: no torch.
+Needs numpy and the `safetensors` package (in the [parity] extra), not torch.
 """
 
 import json
@@ -45,7 +45,7 @@ def positions(n: int, batch: int, m: int) -> jax.Array:
 
 def to_prompt_embeddings(key: np.ndarray, value: np.ndarray) -> np.ndarray:
     """Stacked K, V [L, n, heads, head_dim] -> PEFT's [n, L * 2 * heads * head_dim]."""
-    layers, n = key.shape[:2]
+    n = key.shape[1]
     kv = np.stack([np.asarray(key), np.asarray(value)], axis=1)  # [L, 2, n, heads, head_dim]
     return np.ascontiguousarray(kv.transpose(2, 0, 1, 3, 4).reshape(n, -1), np.float32)
 

@@ -56,9 +56,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, train_data: bool =
             f"The tokenizer has {tokenizer.get_vocab_size()} tokens but model.vocab_size is "
             f"{config.model.vocab_size}; raise vocab_size or use a smaller tokenizer."
         )
-    encode = lambda split: pipeline.encode_pairs(
-        sources.read(config.data, split), tokenizer, config.model.max_len
-    )
+    encode = lambda split: pipeline.encode_split(config.data, split, tokenizer, config.model.max_len)
     make_batches = lambda split, shuffle: pipeline.Batches(
         encode(split), config.train.batch_size, config.data.bucket_size, seed=config.train.seed, shuffle=shuffle
     )
@@ -153,7 +151,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     Loss values are checked before every checkpoint and log line: a non-finite
     loss stops the run with its step, and nothing after the last finite stretch
-    is ever saved.
+    is ever saved. With `decode.after_training`, the best checkpoint's dev
+    generations and scores (`decode`) end the run and join the summary.
     """
     os.makedirs(workdir, exist_ok=True)
     run = setup(config, workdir)
@@ -237,13 +236,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         steps=int(state.step),
     )
     logging.info("dev loss after training: %.4f (best %.4f)", summary["dev_loss_after"], best)
+    if config.decode.after_training:
+        summary["decode"] = decode(config, workdir)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
     return summary
 
 
-def _best(run: Run) -> tuple[dict, dict]:
+def restore_best(run: Run) -> tuple[dict, dict]:
     """(full params with the best checkpoint's trainable part, its metadata)."""
     try:
         trainable_params, frozen = trainable.partition(run.state.params, run.exp.labels)
@@ -256,7 +257,7 @@ def _best(run: Run) -> tuple[dict, dict]:
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Dev loss of the best checkpoint in `workdir` (refused if made for another setup)."""
     run = setup(config, workdir, train_data=False)
-    params, meta = _best(run)
+    params, meta = restore_best(run)
     _, eval_fn = make_step_fns(run.exp)
     result = {"step": meta["step"], "dev_loss": evaluate_loss(eval_fn, params, run.sharded(run.dev_batches))}
     logging.info("Best checkpoint (step %d): dev loss %.4f", result["step"], result["dev_loss"])
@@ -271,7 +272,7 @@ def decode(config: ml_collections.ConfigDict, workdir: str) -> dict:
     (BLEU, TER, ROUGE against all references of each input). Single-process only.
     """
     run = setup(config, workdir, train_data=False, dev_data=False)  # Decoding reads dev inputs whole.
-    params, meta = _best(run)
+    params, meta = restore_best(run)
     tokenizer = tokenizer_lib.load(config.data.tokenizer)
     eos = tokenizer_lib.eos_id(tokenizer)
     merged: dict[str, list[str]] = {}  # Inputs that repeat (same source) become one, as in the paper.

@@ -17,7 +17,7 @@ from flax import struct
 
 from prefix_jax import sharding, trainable
 from prefix_jax import prefix as prefix_lib
-from prefix_jax.models import gpt2
+from prefix_jax.models import gpt2, weights
 
 Batch = dict  # tokens, attention_mask, loss_mask: [batch, len] int32 / int32 / float32
 
@@ -146,9 +146,10 @@ def init_prefix(config, spec, model, base_params, rng) -> dict:
 def create(config: ml_collections.ConfigDict, base_params: Optional[dict] = None, mesh=None):
     """Builds the Experiment and the initial TrainState, laid out on `mesh`.
 
-    `base_params` are the frozen pre-trained weights; random ones are initialised
-    directly sharded when None (never materialised whole on one device). The mesh
-    defaults to the first device alone.
+    `base_params` are the frozen pre-trained weights; when None they are read from
+    `config.base_weights` (a directory written by `models.weights.save`), or, when
+    that is empty, initialised at random directly sharded (never materialised
+    whole on one device). The mesh defaults to the first device alone.
     """
     mesh = mesh or sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
     replicated = sharding.replicated(mesh)
@@ -156,6 +157,8 @@ def create(config: ml_collections.ConfigDict, base_params: Optional[dict] = None
     spec = prefix_spec(config)
     base_rng, prefix_rng = jax.random.split(jax.random.key(config.train.seed))
     base_shardings = sharding.base_param_shardings(gpt2.logical_axes(model), mesh, config.sharding.rules)
+    if base_params is None and config.base_weights:
+        base_params = weights.load(config.base_weights, config.model.to_dict())
     if base_params is None:
         init = jax.jit(lambda key: gpt2.init_params(model, key), out_shardings=base_shardings)
         base_params = init(base_rng)

@@ -77,8 +77,25 @@ def base_config(arg=None) -> ml_collections.ConfigDict:
         )
     )
     config.checkpoint = ml_collections.ConfigDict(dict(every=100, keep=3, async_save=True))
+    # Decoding with a KV cache (prefix compiled to K/V once). strategy: greedy | beam | sample;
+    # Li & Liang decode table-to-text with beam search: --config.decode.strategy=beam.
     # after_training: `train` ends by decoding dev with the best checkpoint (`decode` command).
-    config.decode = ml_collections.ConfigDict(dict(max_new_tokens=96, batch_size=16, after_training=False))
+    config.decode = ml_collections.ConfigDict(
+        dict(
+            max_new_tokens=96,
+            batch_size=16,
+            after_training=False,
+            strategy="greedy",
+            beam_size=5,  # beam only
+            length_penalty=1.0,  # beam only: score = sum(log p) / length**length_penalty
+            early_stopping=True,  # beam only: stop a row at beam_size finished hypotheses
+            no_repeat_ngram_size=0,  # 0 = off; n-grams of the generated tokens only
+            temperature=1.0,  # sample only
+            top_k=0,  # sample only; 0 = off
+            top_p=1.0,  # sample only; 1.0 = off
+            seed=0,  # sample only
+        )
+    )
     # Device mesh (-1: all remaining devices) and the logical-axis -> mesh-axis rules.
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     config.sharding = ml_collections.ConfigDict(dict(rules=sharding.DEFAULT_RULES))

@@ -264,21 +264,32 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return result
 
 
-def decode(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Greedy generations of the best checkpoint for every distinct dev input.
+def decode_options(c: ml_collections.ConfigDict) -> decode_lib.Options:
+    """The `decode` config section as decoder options (bad values are errors here)."""
+    return decode_lib.Options(
+        strategy=c.strategy, max_new_tokens=c.max_new_tokens, beam_size=c.beam_size,
+        length_penalty=c.length_penalty, early_stopping=c.early_stopping,
+        no_repeat_ngram_size=c.no_repeat_ngram_size, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p,
+    )
 
-    Writes `<workdir>/generations/dev.jsonl` (source, references, generation),
+
+def decode(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Generations of the best checkpoint for every distinct dev input (KV-cache decoder).
+
+    `config.decode.strategy` picks greedy, beam search or sampling. Writes `<workdir>/generations/dev.jsonl` (source, references, generation),
     `dev.txt` (one generation a line, in the same order) and `dev_metrics.json`
     (BLEU, TER, ROUGE against all references of each input). Single-process only.
     """
+    c = config.decode
+    options = decode_options(c)
     run = setup(config, workdir, train_data=False, dev_data=False)  # Decoding reads dev inputs whole.
     params, meta = restore_best(run)
+    served = decode_lib.serve(run.exp.spec, params.get("prefix", {}), run.exp.model, params["base"])
     tokenizer = tokenizer_lib.load(config.data.tokenizer)
     eos = tokenizer_lib.eos_id(tokenizer)
     merged: dict[str, list[str]] = {}  # Inputs that repeat (same source) become one, as in the paper.
     for example in sources.read(config.data, "dev"):
         merged.setdefault(example.source, []).extend(example.references)
-    c = config.decode
     room = config.model.max_len - c.max_new_tokens
     prompts = [pipeline.encode_source(tokenizer, source)[-room:] for source in merged]
     generations = []
@@ -288,9 +299,9 @@ def decode(config: ml_collections.ConfigDict, workdir: str) -> dict:
         tokens, mask = decode_lib.left_pad([np.array(p) for p in chunk])
         width = min(pipeline.bucket_width(tokens.shape[1], config.data.bucket_size), room)
         tokens, mask = (np.pad(a, ((0, 0), (width - a.shape[1], 0))) for a in (tokens, mask))
-        new = decode_lib.greedy(
-            params, tokens, mask, model=run.exp.model, spec=run.exp.spec,
-            max_new_tokens=c.max_new_tokens, eos_id=eos,
+        new = decode_lib.generate(
+            params["base"], served, tokens, mask, model=run.exp.model, options=options, eos_id=eos,
+            rng=jax.random.fold_in(jax.random.key(c.seed), start),
         )
         generations += decode_lib.strip_after_eos(new, eos)[: len(prompts) - start]
         logging.info("decoded %d/%d inputs", min(start + c.batch_size, len(prompts)), len(prompts))

@@ -2,8 +2,8 @@
 
 Kept thin on purpose: flags in, library call out (tests call the same functions).
 `train` (the default) resumes from the workdir's latest checkpoint if there is one;
-`eval` scores the workdir's best checkpoint on dev; `decode` writes its greedy
-generations for every dev input.
+`eval` scores the workdir's best checkpoint on dev; `decode` writes its generations
+(greedy, beam search or sampling; `config.decode`) for every dev input.
 """
 
 import json

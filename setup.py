@@ -20,6 +20,7 @@ setuptools.setup(
         "orbax-checkpoint>=0.12",
         "rouge-score>=0.1.2",
         "sacrebleu>=2.4",
+        "safetensors>=0.4",
         "tensorboardX>=2.6",
         "tensorflow-datasets>=4.9",
         "tokenizers>=0.20",

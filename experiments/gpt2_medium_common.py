@@ -13,9 +13,7 @@ downloaded.
 import math
 import os
 
-import ml_collections
-
-from prefix_jax import sharding
+from experiments import common
 
 # GPT-2 medium (355M); convert.load_params refuses a checkpoint of another shape.
 GPT2_MEDIUM = dict(vocab_size=50257, num_layers=24, num_heads=16, d_model=1024, d_ff=4096, max_len=1024)
@@ -30,43 +28,21 @@ def get_config(
             "Give the Hugging Face GPT-2 medium directory after the config file, e.g. "
             "--config=experiments/e2e_gpt2_medium.py:/path/to/gpt2-medium"
         )
-    config = ml_collections.ConfigDict()
-    config.model = ml_collections.ConfigDict(
-        dict(**GPT2_MEDIUM, dropout_rate=0.0, tie_embeddings=True, hf_checkpoint=hf_checkpoint)
+    config = common.base_config()
+    config.model.update(GPT2_MEDIUM)
+    config.hf_checkpoint = hf_checkpoint
+    config.prefix.update(kind="kv", length=prefix_length, reparam_dim=512, init="random")
+    config.train.update(
+        lr=lr,
+        warmup_steps=0,
+        num_steps=epochs * math.ceil(train_pairs / batch_size),
+        batch_size=batch_size,
+        seed=101,
+        log_every=100,
+        eval_every=5000,
     )
-    config.prefix = ml_collections.ConfigDict(
-        dict(kind="kv", length=prefix_length, reparam_dim=512, literal=False, init="random", init_tokens=())
-    )
-    config.train = ml_collections.ConfigDict(
-        dict(
-            mode="prefix",
-            top_k=0,
-            lr=lr,
-            warmup_steps=0,
-            num_steps=epochs * math.ceil(train_pairs / batch_size),
-            batch_size=batch_size,
-            weight_decay=0.0,
-            adam_b1=0.9,
-            adam_b2=0.999,
-            adam_eps=1e-8,
-            grad_clip_norm=1.0,
-            seed=101,
-            log_every=100,
-            eval_every=5000,
-        )
-    )
-    config.data = ml_collections.ConfigDict(
-        dict(
-            **data,
-            tfds_data_dir="",
-            tokenizer=os.path.join(hf_checkpoint, "tokenizer.json"),
-            bucket_size=64,
-            num_train=0,
-            num_dev=0,
-        )
-    )
-    config.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=3, async_save=True))
-    config.decode = ml_collections.ConfigDict(dict(max_new_tokens=100, batch_size=16))
-    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-    config.sharding = ml_collections.ConfigDict(dict(rules=sharding.DEFAULT_RULES))
+    config.data.update(**data, tokenizer=os.path.join(hf_checkpoint, "tokenizer.json"))
+    config.checkpoint.every = 1000
+    # Li & Liang decode table-to-text with beam search (beam 5).
+    config.decode.update(max_new_tokens=100, strategy="beam", beam_size=5)
     return config

@@ -20,72 +20,10 @@ Result (2 CPU cores, jax 0.10.2): 2 min 54 s in all, 131 s of training at 13.5k 
 dev loss 5.583 -> 5.554 (= ln 257: a random base model gives the prefix nothing to steer).
 """
 
-import ml_collections
-
-from prefix_jax import sharding
+from experiments import common
 
 
 def get_config(arg=None):
-    if arg:
-        raise ValueError(f"experiments/tiny.py takes no argument, got {arg!r}.")
-    config = ml_collections.ConfigDict()
-    config.model = ml_collections.ConfigDict(
-        dict(
-            vocab_size=257,  # The byte tokenizer: 256 bytes + <|endoftext|>.
-            num_layers=2,
-            num_heads=4,
-            d_model=64,
-            d_ff=256,
-            max_len=1024,  # Byte-level WebNLG pairs reach ~1000 tokens.
-            dropout_rate=0.0,
-            tie_embeddings=True,
-        )
-    )
-    config.prefix = ml_collections.ConfigDict(
-        dict(
-            kind="hidden",  # hidden | kv | prompt | none
-            length=10,
-            reparam_dim=0,  # kv only: Li & Liang's MLP width (512 in the paper)
-            literal=False,  # hidden only: reference path (concatenate, run, slice)
-            init="random",  # random | words
-            init_tokens=(116, 97, 98, 108, 101),  # token ids for init="words" ("table" in bytes)
-        )
-    )
-    config.train = ml_collections.ConfigDict(
-        dict(
-            mode="prefix",  # prefix | full | top_k
-            top_k=0,
-            lr=5e-3,
-            warmup_steps=20,
-            num_steps=400,
-            batch_size=16,
-            weight_decay=0.0,
-            adam_b1=0.9,
-            adam_b2=0.999,
-            adam_eps=1e-8,
-            grad_clip_norm=1.0,
-            seed=0,
-            log_every=25,
-            eval_every=200,
-        )
-    )
-    config.data = ml_collections.ConfigDict(
-        dict(
-            name="webnlg",  # webnlg | e2e | dart | copy | tfds:{web_nlg,e2e_cleaned,dart,xsum}
-            train_path="data/webnlg2017_train_dev.tar.xz",
-            dev_path="data/webnlg2017_train_dev.tar.xz",
-            tfds_data_dir="",  # for tfds:*; "" = TFDS's default
-            tokenizer="byte",  # "byte" or a tokenizer.json path
-            bucket_size=64,
-            num_train=0,  # 0 = all examples (inputs, not pairs)
-            num_dev=0,
-        )
-    )
-    config.checkpoint = ml_collections.ConfigDict(dict(every=100, keep=3, async_save=True))
-    # Greedy decoding by full recomputation (the reference decoder): slow, so for the
-    # tiny default decode a slice: --config.data.num_dev=50.
-    config.decode = ml_collections.ConfigDict(dict(max_new_tokens=96, batch_size=16))
-    # Device mesh (-1: all remaining devices) and the logical-axis -> mesh-axis rules.
-    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-    config.sharding = ml_collections.ConfigDict(dict(rules=sharding.DEFAULT_RULES))
-    return config
+    # Greedy decoding by full recomputation (the reference decoder) is slow: for the
+    # tiny default, decode a slice with --config.data.num_dev=50.
+    return common.base_config(arg)

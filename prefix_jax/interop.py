@@ -27,10 +27,10 @@ def export_best(config: ml_collections.ConfigDict, workdir: str, out: str) -> di
     """Writes the best checkpoint's prefix in `workdir` to `out` as a PEFT adapter."""
     run = loop.setup(config, workdir, train_data=False, dev_data=False)
     _prefix_run(run)
-    params, meta = loop._best(run)  # pylint: disable=protected-access  (the same restore as eval)
+    params, meta = loop.restore_best(run)
     peft_adapter.save(
         out, run.exp.spec, params["prefix"], run.exp.model, params["base"],
-        base_model_name_or_path=config.model.get("hf_checkpoint", ""),
+        base_model_name_or_path=config.hf_checkpoint,
     )
     logging.info("Exported the prefix of step %d to %s.", meta["step"], out)
     return {"step": meta["step"], "adapter": out, "num_virtual_tokens": run.exp.spec.length}

@@ -56,9 +56,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, train_data: bool =
             f"The tokenizer has {tokenizer.get_vocab_size()} tokens but model.vocab_size is "
             f"{config.model.vocab_size}; raise vocab_size or use a smaller tokenizer."
         )
-    encode = lambda split: pipeline.encode_pairs(
-        sources.read(config.data, split), tokenizer, config.model.max_len
-    )
+    encode = lambda split: pipeline.encode_split(config.data, split, tokenizer, config.model.max_len)
     make_batches = lambda split, shuffle: pipeline.Batches(
         encode(split), config.train.batch_size, config.data.bucket_size, seed=config.train.seed, shuffle=shuffle
     )
@@ -153,7 +151,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     Loss values are checked before every checkpoint and log line: a non-finite
     loss stops the run with its step, and nothing after the last finite stretch
-    is ever saved.
+    is ever saved. With `decode.after_training`, the best checkpoint's dev
+    generations and scores (`decode`) end the run and join the summary.
     """
     os.makedirs(workdir, exist_ok=True)
     run = setup(config, workdir)
@@ -237,13 +236,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         steps=int(state.step),
     )
     logging.info("dev loss after training: %.4f (best %.4f)", summary["dev_loss_after"], best)
+    if config.decode.after_training:
+        summary["decode"] = decode(config, workdir)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
     return summary
 
 
-def _best(run: Run) -> tuple[dict, dict]:
+def restore_best(run: Run) -> tuple[dict, dict]:
     """(full params with the best checkpoint's trainable part, its metadata)."""
     try:
         trainable_params, frozen = trainable.partition(run.state.params, run.exp.labels)
@@ -256,28 +257,39 @@ def _best(run: Run) -> tuple[dict, dict]:
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Dev loss of the best checkpoint in `workdir` (refused if made for another setup)."""
     run = setup(config, workdir, train_data=False)
-    params, meta = _best(run)
+    params, meta = restore_best(run)
     _, eval_fn = make_step_fns(run.exp)
     result = {"step": meta["step"], "dev_loss": evaluate_loss(eval_fn, params, run.sharded(run.dev_batches))}
     logging.info("Best checkpoint (step %d): dev loss %.4f", result["step"], result["dev_loss"])
     return result
 
 
-def decode(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Greedy generations of the best checkpoint for every distinct dev input.
+def decode_options(c: ml_collections.ConfigDict) -> decode_lib.Options:
+    """The `decode` config section as decoder options (bad values are errors here)."""
+    return decode_lib.Options(
+        strategy=c.strategy, max_new_tokens=c.max_new_tokens, beam_size=c.beam_size,
+        length_penalty=c.length_penalty, early_stopping=c.early_stopping,
+        no_repeat_ngram_size=c.no_repeat_ngram_size, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p,
+    )
 
-    Writes `<workdir>/generations/dev.jsonl` (source, references, generation),
+
+def decode(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Generations of the best checkpoint for every distinct dev input (KV-cache decoder).
+
+    `config.decode.strategy` picks greedy, beam search or sampling. Writes `<workdir>/generations/dev.jsonl` (source, references, generation),
     `dev.txt` (one generation a line, in the same order) and `dev_metrics.json`
     (BLEU, TER, ROUGE against all references of each input). Single-process only.
     """
+    c = config.decode
+    options = decode_options(c)
     run = setup(config, workdir, train_data=False, dev_data=False)  # Decoding reads dev inputs whole.
-    params, meta = _best(run)
+    params, meta = restore_best(run)
+    served = decode_lib.serve(run.exp.spec, params.get("prefix", {}), run.exp.model, params["base"])
     tokenizer = tokenizer_lib.load(config.data.tokenizer)
     eos = tokenizer_lib.eos_id(tokenizer)
     merged: dict[str, list[str]] = {}  # Inputs that repeat (same source) become one, as in the paper.
     for example in sources.read(config.data, "dev"):
         merged.setdefault(example.source, []).extend(example.references)
-    c = config.decode
     room = config.model.max_len - c.max_new_tokens
     prompts = [pipeline.encode_source(tokenizer, source)[-room:] for source in merged]
     generations = []
@@ -287,9 +299,9 @@ def decode(config: ml_collections.ConfigDict, workdir: str) -> dict:
         tokens, mask = decode_lib.left_pad([np.array(p) for p in chunk])
         width = min(pipeline.bucket_width(tokens.shape[1], config.data.bucket_size), room)
         tokens, mask = (np.pad(a, ((0, 0), (width - a.shape[1], 0))) for a in (tokens, mask))
-        new = decode_lib.greedy(
-            params, tokens, mask, model=run.exp.model, spec=run.exp.spec,
-            max_new_tokens=c.max_new_tokens, eos_id=eos,
+        new = decode_lib.generate(
+            params["base"], served, tokens, mask, model=run.exp.model, options=options, eos_id=eos,
+            rng=jax.random.fold_in(jax.random.key(c.seed), start),
         )
         generations += decode_lib.strip_after_eos(new, eos)[: len(prompts) - start]
         logging.info("decoded %d/%d inputs", min(start + c.batch_size, len(prompts)), len(prompts))

@@ -2,10 +2,10 @@
 
 Kept thin on purpose: flags in, library call out (tests call the same functions).
 `train` (the default) resumes from the workdir's latest checkpoint if there is one;
-`eval` scores the workdir's best checkpoint on dev; `decode` writes its greedy
-generations for every dev input; `export --out=DIR` writes the best checkpoint's
-prefix as a PEFT adapter; `import --adapter=DIR` makes a PEFT adapter the best
-checkpoint of a new workdir.
+`eval` scores the workdir's best checkpoint on dev; `decode` writes its generations
+(greedy, beam search or sampling; `config.decode`) for every dev input; `export
+--out=DIR` writes the best checkpoint's prefix as a PEFT adapter; `import
+--adapter=DIR` makes a PEFT adapter the best checkpoint of a new workdir.
 """
 
 import json

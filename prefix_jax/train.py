@@ -17,7 +17,7 @@ from flax import struct
 
 from prefix_jax import convert, sharding, trainable
 from prefix_jax import prefix as prefix_lib
-from prefix_jax.models import gpt2
+from prefix_jax.models import gpt2, weights
 
 Batch = dict  # tokens, attention_mask, loss_mask: [batch, len] int32 / int32 / float32
 
@@ -116,9 +116,7 @@ class Experiment:
 
 
 def model_config(config: ml_collections.ConfigDict) -> gpt2.GPT2Config:
-    fields = config.model.to_dict()
-    fields.pop("hf_checkpoint", None)  # Where the weights come from, not a hyper-parameter.
-    return gpt2.GPT2Config(**fields)
+    return gpt2.GPT2Config(**config.model.to_dict())
 
 
 def prefix_spec(config: ml_collections.ConfigDict) -> Optional[prefix_lib.PrefixSpec]:
@@ -149,9 +147,10 @@ def create(config: ml_collections.ConfigDict, base_params: Optional[dict] = None
     """Builds the Experiment and the initial TrainState, laid out on `mesh`.
 
     `base_params` are the frozen pre-trained weights; when None they are read from
-    `config.model.hf_checkpoint` (a Hugging Face directory) if set, else random ones
-    are initialised directly sharded (never materialised whole on one device). The
-    mesh defaults to the first device alone.
+    `config.base_weights` (a directory written by `models.weights.save`) or
+    `config.hf_checkpoint` (a Hugging Face GPT-2 directory, see convert.py), or, when
+    both are empty, initialised at random directly sharded (never materialised whole
+    on one device). The mesh defaults to the first device alone.
     """
     mesh = mesh or sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
     replicated = sharding.replicated(mesh)
@@ -159,9 +158,15 @@ def create(config: ml_collections.ConfigDict, base_params: Optional[dict] = None
     spec = prefix_spec(config)
     base_rng, prefix_rng = jax.random.split(jax.random.key(config.train.seed))
     base_shardings = sharding.base_param_shardings(gpt2.logical_axes(model), mesh, config.sharding.rules)
-    # Configs written before the field existed (experiments/tiny.py) mean random weights.
-    if base_params is None and config.model.get("hf_checkpoint", ""):
-        base_params = convert.load_params(config.model.hf_checkpoint, model.config)
+    if config.base_weights and config.hf_checkpoint:
+        raise ValueError(
+            f"Both base_weights ({config.base_weights!r}) and hf_checkpoint ({config.hf_checkpoint!r}) "
+            "are set; give the base weights one way."
+        )
+    if base_params is None and config.base_weights:
+        base_params = weights.load(config.base_weights, config.model.to_dict())
+    if base_params is None and config.hf_checkpoint:
+        base_params = convert.load_params(config.hf_checkpoint, model.config)
     if base_params is None:
         init = jax.jit(lambda key: gpt2.init_params(model, key), out_shardings=base_shardings)
         base_params = init(base_rng)

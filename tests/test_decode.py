@@ -1,11 +1,16 @@
-"""The reference greedy decoder, and the `decode` command."""
+"""The reference greedy decoder; the cached greedy, beam and sampling decoders; prefix banks."""
+
+import dataclasses
+import itertools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from prefix_jax import decode
 from prefix_jax import prefix as prefix_lib
+from prefix_jax.models import gpt2
 
 EOS = 36
 
@@ -42,3 +47,211 @@ def test_greedy_matches_step_by_step_decoding(config, model, base_params):
 
 def test_strip_after_eos():
     assert decode.strip_after_eos(np.array([[4, 5, EOS, EOS], [6, 7, 8, 9]]), EOS) == [[4, 5], [6, 7, 8, 9]]
+
+
+# --- The cached decoders (decode.generate) against the reference and exhaustive search. ---
+
+SOURCES = [[3, 9, 4, 1, 5], [7, 2], [11, 30, 8]]
+PREFIXES = {  # name -> (spec, scale): scaled so that the prefix changes the generations.
+    "none": (None, 1.0),
+    "hidden": (prefix_lib.PrefixSpec(kind="hidden", length=3), 1.0),
+    "kv": (prefix_lib.PrefixSpec(kind="kv", length=3), 40.0),
+    "kv_reparam": (prefix_lib.PrefixSpec(kind="kv", length=3, reparam_dim=8), 1.0),
+    "prompt": (prefix_lib.PrefixSpec(kind="prompt", length=3), 40.0),
+}
+
+
+def _task(config, name, seed=7):
+    spec, scale = PREFIXES[name]
+    if spec is None:
+        return None, {}
+    prefix = prefix_lib.init_random(spec, config, jax.random.key(seed))
+    return spec, {k: scale * v if k in ("key", "value", "prompt") else v for k, v in prefix.items()}
+
+
+def _padded(sources=SOURCES):
+    return decode.left_pad([np.array(s) for s in sources])
+
+
+@pytest.mark.parametrize("name", list(PREFIXES))
+@pytest.mark.parametrize("eos", [EOS, 20])  # 20 ends some rows early in these models.
+def test_cached_greedy_matches_reference(config, model, base_params, name, eos):
+    spec, prefix = _task(config, name)
+    tokens, mask = _padded()
+    want = decode.greedy({"base": base_params, "prefix": prefix}, tokens, mask, model=model, spec=spec,
+                         max_new_tokens=8, eos_id=eos)
+    served = decode.serve(spec, prefix, model, base_params)
+    got = decode.generate(base_params, served, tokens, mask, model=model,
+                          options=decode.Options(max_new_tokens=8), eos_id=eos)
+    np.testing.assert_array_equal(got, want)
+    if name != "none":  # The prefix must matter, or the test could not see it ignored.
+        plain = decode.generate(base_params, {}, tokens, mask, model=model,
+                                options=decode.Options(max_new_tokens=8), eos_id=eos)
+        assert not np.array_equal(got, plain)
+
+
+def test_cached_greedy_of_literal_hidden_prefix_matches_reference(config, model, base_params):
+    spec = prefix_lib.PrefixSpec(kind="hidden", length=3, literal=True)
+    prefix = prefix_lib.init_random(spec, config, jax.random.key(7))
+    tokens, mask = _padded()
+    want = decode.greedy({"base": base_params, "prefix": prefix}, tokens, mask, model=model, spec=spec,
+                         max_new_tokens=6, eos_id=EOS)
+    got = decode.generate(base_params, decode.serve(spec, prefix, model, base_params), tokens, mask,
+                          model=model, options=decode.Options(max_new_tokens=6), eos_id=EOS)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("name", ["none", "kv", "prompt"])
+def test_beam_of_one_is_greedy(config, model, base_params, name):
+    spec, prefix = _task(config, name)
+    served = decode.serve(spec, prefix, model, base_params)
+    tokens, mask = _padded()
+    run = lambda options: decode.generate(base_params, served, tokens, mask, model=model, options=options, eos_id=20)
+    greedy = run(decode.Options(max_new_tokens=8))
+    beam = run(decode.Options(strategy="beam", beam_size=1, max_new_tokens=8, length_penalty=0.7))
+    np.testing.assert_array_equal(beam, greedy)
+    assert (np.asarray(greedy) == 20).any(), "some row should end early"
+
+
+def _sequence_log_prob(model, base_params, inputs, source, generated):
+    tokens = jnp.array([list(source) + list(generated)])
+    logprobs = jax.nn.log_softmax(model.apply({"params": base_params}, tokens, **inputs)[0], axis=-1)
+    return sum(float(logprobs[len(source) - 1 + i, token]) for i, token in enumerate(generated))
+
+
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0, 2.0])
+@pytest.mark.parametrize("name", ["none", "kv"])
+def test_wide_beam_finds_the_exhaustive_optimum(length_penalty, name):
+    config = gpt2.GPT2Config(vocab_size=5, num_layers=2, num_heads=2, d_model=16, d_ff=32, max_len=16)
+    model = gpt2.GPT2(config)
+    base = jax.tree.map(lambda x: 10.0 * x, gpt2.init_params(model, jax.random.key(3)))
+    spec, prefix = _task(config, name)
+    eos, steps, vocab = 4, 3, config.vocab_size
+    sources = [[1, 2, 3], [0, 2]]
+    tokens, mask = _padded(sources)
+    options = decode.Options(strategy="beam", beam_size=vocab**steps, max_new_tokens=steps,
+                             length_penalty=length_penalty, early_stopping=False)
+    got = decode.strip_after_eos(decode.generate(base, decode.serve(spec, prefix, model, base), tokens, mask,
+                                                 model=model, options=options, eos_id=eos), eos)
+    inputs = prefix_lib.model_inputs(spec, prefix, config)
+    for row, source in enumerate(sources):
+        candidates = [  # Every hypothesis: ends at its first EOS or runs to `steps` tokens.
+            seq[: seq.index(eos) + 1] if eos in seq else seq
+            for seq in itertools.product(range(vocab), repeat=steps)
+        ]
+        scored = {
+            tuple(c): _sequence_log_prob(model, base, inputs, source, c) / len(c) ** length_penalty
+            for c in candidates
+        }
+        best = max(scored, key=scored.get)
+        ranked = sorted(scored.values(), reverse=True)
+        assert ranked[0] - ranked[1] > 1e-4, "the optimum should be unique"
+        assert got[row] == [t for t in best if t != eos], (row, scored[tuple(got[row])], scored[best])
+
+
+def test_no_repeat_ngram(config, model, base_params):
+    tokens, mask = _padded()
+    run = lambda options: decode.strip_after_eos(
+        decode.generate(base_params, {}, tokens, mask, model=model, options=options, eos_id=EOS), EOS)
+    has_repeat = lambda row, n: len({tuple(row[i : i + n]) for i in range(len(row) - n + 1)}) < len(row) - n + 1
+    greedy = run(decode.Options(max_new_tokens=10))
+    assert any(has_repeat(row, 2) for row in greedy)
+    for strategy in ("greedy", "beam"):
+        out = run(decode.Options(strategy=strategy, beam_size=3, max_new_tokens=10, no_repeat_ngram_size=2))
+        assert not any(has_repeat(row, 2) for row in out), strategy
+        single = run(decode.Options(strategy=strategy, beam_size=3, max_new_tokens=10, no_repeat_ngram_size=1))
+        assert all(len(set(row)) == len(row) for row in single), strategy
+
+
+def test_sampling(config, model, base_params):
+    spec, prefix = _task(config, "kv")
+    served = decode.serve(spec, prefix, model, base_params)
+    tokens, mask = _padded()
+    run = lambda seed, **kw: np.asarray(decode.generate(
+        base_params, served, tokens, mask, model=model, eos_id=EOS, rng=jax.random.key(seed),
+        options=decode.Options(max_new_tokens=8, **kw)))
+    greedy = run(0)
+    np.testing.assert_array_equal(run(0, strategy="sample", top_k=1), greedy)
+    np.testing.assert_array_equal(run(1, strategy="sample", top_p=1e-6), greedy)
+    hot = dict(strategy="sample", temperature=3.0)
+    np.testing.assert_array_equal(run(5, **hot), run(5, **hot))
+    assert not np.array_equal(run(5, **hot), run(6, **hot))
+    assert not np.array_equal(run(5, **hot), greedy)
+
+
+def test_filter_logits_top_k_and_top_p():
+    logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
+    kept = lambda **kw: np.isfinite(np.asarray(decode._filter_logits(logits, decode.Options(**kw))))[0].tolist()
+    assert kept(top_k=2) == [True, True, False, False]
+    assert kept(top_p=0.8) == [True, True, False, False]  # 0.5 + 0.3 reaches 0.8.
+    assert kept(top_p=0.81) == [True, True, True, False]
+    assert kept(top_p=1.0) == [True] * 4
+
+
+def test_options_reject_bad_values():
+    with pytest.raises(ValueError, match="Unknown decode strategy 'nucleus'"):
+        decode.Options(strategy="nucleus")
+    with pytest.raises(ValueError, match="temperature"):
+        decode.Options(strategy="sample", temperature=0.0)
+
+
+# --- Multi-tenant serving: a bank of prefixes, one task per row. ---
+
+@pytest.mark.parametrize("names", [("kv", "hidden", "kv_reparam"), ("prompt", "prompt")])
+def test_multi_tenant_batch_equals_single_task_runs(config, model, base_params, names):
+    lengths = (2, 4, 3)
+    tasks = []
+    for i, name in enumerate(names):
+        spec, _ = PREFIXES[name]
+        spec = dataclasses.replace(spec, length=lengths[i])
+        prefix = prefix_lib.init_random(spec, config, jax.random.key(10 + i))
+        prefix = {k: 30 * v if k in ("key", "value", "prompt") else v for k, v in prefix.items()}
+        tasks.append(decode.serve(spec, prefix, model, base_params))
+    bank = decode.prefix_bank(tasks)
+    sources = SOURCES + [[5, 6, 7, 8]]
+    task_ids = np.array([0, len(names) - 1, 1, 0])
+    tokens, mask = _padded(sources)
+    options = decode.Options(max_new_tokens=6)
+    beam = decode.Options(strategy="beam", beam_size=3, max_new_tokens=6)
+    mixed_logits = decode.forward(base_params, bank, tokens, mask, model=model, task_ids=task_ids)
+    mixed = decode.generate(base_params, bank, tokens, mask, model=model, options=options, eos_id=EOS, task_ids=task_ids)
+    mixed_beam = decode.generate(base_params, bank, tokens, mask, model=model, options=beam, eos_id=EOS, task_ids=task_ids)
+    outputs = set()
+    for row, task in enumerate(task_ids):
+        single = dict(model=model, eos_id=EOS)
+        alone = decode.forward(base_params, tasks[task], tokens, mask, model=model)
+        np.testing.assert_allclose(mixed_logits[row], alone[row], atol=1e-5, rtol=1e-5)
+        np.testing.assert_array_equal(mixed[row], decode.generate(base_params, tasks[task], tokens, mask, options=options, **single)[row])
+        np.testing.assert_array_equal(mixed_beam[row], decode.generate(base_params, tasks[task], tokens, mask, options=beam, **single)[row])
+        outputs.add((task, tuple(np.asarray(decode.generate(base_params, tasks[task], tokens[:1], mask[:1], options=options, **single))[0])))
+    assert len({out for _, out in outputs}) == len(names), "each task should steer the same source differently"
+
+
+def test_multi_tenant_errors(config, model, base_params):
+    kv = decode.serve(*_task(config, "kv"), model, base_params)
+    prompt = decode.serve(*_task(config, "prompt"), model, base_params)
+    bank = decode.prefix_bank([kv, kv])
+    tokens, mask = _padded()
+    run = lambda served, ids: decode.forward(base_params, served, tokens, mask, model=model, task_ids=ids)
+    with pytest.raises(ValueError, match=r"Unknown task ids \[2, 5\]"):
+        run(bank, [0, 2, 5])
+    with pytest.raises(ValueError, match="one per row"):
+        run(bank, [0, 1])
+    with pytest.raises(ValueError, match="pass task_ids"):
+        run(bank, None)
+    with pytest.raises(ValueError, match="one kind"):
+        decode.prefix_bank([kv, prompt])
+    other = gpt2.GPT2Config(vocab_size=37, num_layers=3, num_heads=4, d_model=16, d_ff=32, max_len=32)
+    with pytest.raises(ValueError, match="shapes differ"):
+        decode.prefix_bank([kv, decode.serve(*_task(other, "kv"), gpt2.GPT2(other), base_params)])
+
+
+def test_decode_config_section_maps_to_options():
+    from experiments import tiny
+    from prefix_jax import loop
+
+    config = tiny.get_config()
+    assert loop.decode_options(config.decode) == decode.Options(max_new_tokens=96, beam_size=5)
+    config.decode.strategy = "top_p"
+    with pytest.raises(ValueError, match="Unknown decode strategy 'top_p'"):
+        loop.decode_options(config.decode)

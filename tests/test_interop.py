@@ -42,7 +42,7 @@ def test_paper_configs(module, lr, length, batch, steps):
     assert train.model_config(config) == gpt2.GPT2Config(
         vocab_size=50257, num_layers=24, num_heads=16, d_model=1024, d_ff=4096, max_len=1024
     )
-    assert config.model.hf_checkpoint == "/models/gpt2-medium"
+    assert config.hf_checkpoint == "/models/gpt2-medium" and not config.base_weights
     assert config.data.tokenizer == "/models/gpt2-medium/tokenizer.json"
     assert (config.train.lr, config.prefix.length, config.train.batch_size) == (lr, length, batch)
     assert config.train.num_steps == steps and config.prefix.reparam_dim == 512
@@ -60,12 +60,15 @@ def hf_dir(tmp_path_factory):
 def test_create_reads_base_weights_from_hf_checkpoint(hf_dir):
     config = tiny.get_config()
     config.model.update(TINY_HF)
-    config.model.hf_checkpoint = hf_dir
+    config.hf_checkpoint = hf_dir
     _, state = train.create(config)
     _, expected = convert.load(hf_dir)
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params["base"]), expected)
     config.model.num_layers = 3
     with pytest.raises(convert.CheckpointFormatError, match="num_layers: checkpoint 2, config 3"):
+        train.create(config)
+    config.base_weights = "elsewhere"
+    with pytest.raises(ValueError, match="give the base weights one way"):
         train.create(config)
 
 

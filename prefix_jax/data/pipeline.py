@@ -4,18 +4,23 @@ Format (Li & Liang 2021): ` {source} <|endoftext|> {target} <|endoftext|>`; only
 target and its closing `<|endoftext|>` count in the loss. Training uses one
 sequence per (input, reference) pair.
 
+Plain-text corpora (`data.name = "text"`, for pre-training) are instead cut into
+blocks of `data.block_len` tokens with every token in the loss.
+
 Batch order is a pure function of (seed, epoch), so the data position of a run is
 just its step number: resuming at step s replays exactly the batches an
 uninterrupted run would have seen.
 """
 
 import math
+import os
 from typing import Iterator, Sequence
 
 import numpy as np
 from absl import logging
 from tokenizers import Tokenizer
 
+from prefix_jax.data import sources
 from prefix_jax.data import tokenizer as tokenizer_lib
 from prefix_jax.data.records import Example
 
@@ -50,6 +55,39 @@ def encode_pairs(examples: Sequence[Example], tokenizer: Tokenizer, max_len: int
     if cut:
         logging.warning("%d of %d sequences were longer than %d tokens and were cut.", cut, len(encoded), max_len)
     return encoded
+
+
+def encode_text(path: str, tokenizer: Tokenizer, block_len: int) -> list[Encoded]:
+    """A corpus file (documents separated by `<|endoftext|>` lines) as blocks of `block_len` tokens.
+
+    Documents are joined, each closed by `<|endoftext|>`, and the stream is cut
+    into consecutive blocks (the last partial one dropped).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Corpus file {path!r} does not exist (build it with python -m prefix_jax.data.corpus).")
+    with open(path, encoding="utf-8") as f:
+        documents = f.read().split(f"\n{tokenizer_lib.EOS}\n")
+    eos = tokenizer_lib.eos_id(tokenizer)
+    stream = np.fromiter(
+        (i for encoding in tokenizer.encode_batch(documents, add_special_tokens=False) for i in encoding.ids + [eos]),
+        np.int32,
+    )
+    blocks = stream[: len(stream) - len(stream) % block_len].reshape(-1, block_len)
+    if not len(blocks):
+        raise ValueError(f"{path} holds {len(stream)} tokens, fewer than one block of {block_len}.")
+    return [(block, np.ones(block_len, np.float32)) for block in blocks]
+
+
+def encode_split(data_config, split: str, tokenizer: Tokenizer, max_len: int) -> list[Encoded]:
+    """The encoded sequences of a split: corpus blocks or (input, reference) pairs."""
+    if data_config.name != "text":
+        return encode_pairs(sources.read(data_config, split), tokenizer, max_len)
+    if data_config.block_len > max_len:
+        raise ValueError(f"data.block_len ({data_config.block_len}) exceeds model.max_len ({max_len}).")
+    limit = data_config.num_train if split == "train" else data_config.num_dev
+    blocks = encode_text(data_config.train_path if split == "train" else data_config.dev_path, tokenizer,
+                         data_config.block_len)
+    return blocks[:limit] if limit > 0 else blocks
 
 
 def bucket_width(length: int, bucket_size: int) -> int:

@@ -2,7 +2,8 @@
 
 `data.name` is a reader of the original files (`webnlg`, `e2e`, `dart`: paths in
 `train_path` / `dev_path`), a TFDS builder (`tfds:web_nlg`, ...: prepared under
-`tfds_data_dir`), or the synthetic `copy` task.
+`tfds_data_dir`), or the synthetic `copy` task. Plain-text pre-training corpora (`text`) are read by
+`pipeline.encode_split`, not as Examples.
 """
 
 import ml_collections

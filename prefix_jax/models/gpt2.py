@@ -110,6 +110,10 @@ class SelfAttention(nn.Module):
         """[..., len, embed] -> keys and values, each [..., len, heads, head_dim]."""
         return self.key(x), self.value(x)
 
+    def _weights(self, scores, mask):
+        scores = jnp.where(mask, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+        return jax.nn.softmax(scores, axis=-1).astype(self.config.dtype)
+
     def __call__(self, x, mask, prefix_kv=None, deterministic=True):
         # x: [batch, q_len, embed]; mask: [batch, 1, q_len, kv_len].
         query = self.query(x)  # [batch, q_len, heads, head_dim]
@@ -118,11 +122,40 @@ class SelfAttention(nn.Module):
             key = jnp.concatenate([prefix_kv[0].astype(key.dtype), key], axis=1)
             value = jnp.concatenate([prefix_kv[1].astype(value.dtype), value], axis=1)
         scores = jnp.einsum("bqhd,bkhd->bhqk", query, key) / jnp.sqrt(self.config.head_dim)
-        scores = jnp.where(mask, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
-        weights = jax.nn.softmax(scores, axis=-1).astype(self.config.dtype)
-        weights = self.attn_dropout(weights, deterministic=deterministic)
+        weights = self.attn_dropout(self._weights(scores, mask), deterministic=deterministic)
         out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)  # [batch, q_len, heads, head_dim]
         return self.resid_dropout(self.out(out), deterministic=deterministic)
+
+    def cached(self, x, mask, cache, index, prefix_kv=None):
+        """Decoding: writes x's keys/values at cache slots index.., attends over prefix + cache.
+
+        x: [rows, q_len, embed]; cache: {"key", "value"} [rows, cache_len, heads, head_dim];
+        mask: [rows, 1, q_len, n + cache_len]. prefix_kv: None or K, V [groups, n, heads,
+        head_dim] with groups dividing rows (row r uses group r // (rows // groups)), so a
+        prefix shared by many rows (beams, or one task) is stored and read once, never tiled.
+        Returns (output [rows, q_len, embed], updated cache).
+        """
+        query = self.query(x)  # [rows, q_len, heads, head_dim]
+        new = dict(zip(("key", "value"), self.key_value(x)))
+        cache = {
+            name: jax.lax.dynamic_update_slice_in_dim(cache[name], new[name].astype(cache[name].dtype), index, axis=1)
+            for name in ("key", "value")
+        }
+        scale = jnp.sqrt(self.config.head_dim)
+        scores = jnp.einsum("bqhd,bkhd->bhqk", query, cache["key"]) / scale
+        if prefix_kv is None:
+            weights = self._weights(scores, mask)
+            return self.out(jnp.einsum("bhqk,bkhd->bqhd", weights, cache["value"])), cache
+        prefix_key, prefix_value = (p.astype(query.dtype) for p in prefix_kv)
+        rows, q_len, heads, head_dim = query.shape
+        groups, n = prefix_key.shape[:2]
+        grouped = query.reshape(groups, rows // groups, q_len, heads, head_dim)
+        prefix_scores = jnp.einsum("grqhd,gkhd->grhqk", grouped, prefix_key).reshape(rows, heads, q_len, n)
+        weights = self._weights(jnp.concatenate([prefix_scores / scale, scores], axis=-1), mask)
+        prefix_weights = weights[..., :n].reshape(groups, rows // groups, heads, q_len, n)
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights[..., n:], cache["value"])
+        out = out + jnp.einsum("grhqk,gkhd->grqhd", prefix_weights, prefix_value).reshape(out.shape)
+        return self.out(out), cache
 
 
 class Mlp(nn.Module):
@@ -183,6 +216,12 @@ class Block(nn.Module):
         self.sow("intermediates", "layer_input", x)
         x = x + self.attn(self.ln_1(x), mask, prefix_kv, deterministic)
         return x + self.mlp(self.ln_2(x), deterministic)
+
+    def cached(self, x, mask, cache, index, prefix_kv=None):
+        """The layer at decode time (see `SelfAttention.cached`); returns (x, cache)."""
+        attended, cache = self.attn.cached(self.ln_1(x), mask, cache, index, prefix_kv)
+        x = x + attended
+        return x + self.mlp(self.ln_2(x)), cache
 
 
 def _with_batch(x: Array, batch: int, rank: int) -> Array:
@@ -289,6 +328,44 @@ class GPT2(nn.Module):
             x = self._run_layer(layer, x, valid, entry, prefix_mask, literal_prefix, deterministic)
         return self.logits(x[:, num_prompt:])
 
+    def decode_step(self, tokens, positions, cache, index, cache_valid, *, prefix=None, prefix_valid=None, prompt=None):
+        """Runs `tokens` at cache slots `index`.. (after `prompt` rows, if given); jit-safe.
+
+        tokens, positions: [rows, q]. cache: one {"key", "value"} [rows, cache_len, heads,
+        head_dim] per layer (`init_cache`). cache_valid: [rows, cache_len] bool, False for
+        padding; slots after a query are masked causally whatever it says. prefix: None or
+        one {"key", "value"} [groups, n, heads, head_dim] (or None) per layer, already
+        compiled to K/V, with prefix_valid [groups, n]; groups divide rows. prompt:
+        [groups, n_prompt, embed] soft tokens, given only on the call that fills the cache's
+        first slots (the prefill). Returns (logits [rows, q, vocab], updated cache).
+        """
+        rows, q = tokens.shape
+        x = self.embed(tokens, positions)
+        num_prompt = 0
+        if prompt is not None:
+            num_prompt = prompt.shape[1]
+            x = jnp.concatenate([jnp.repeat(prompt.astype(x.dtype), rows // prompt.shape[0], axis=0), x], axis=1)
+        if prefix is None:
+            prefix = (None,) * self.config.num_layers
+        self._check_num_layers(prefix)
+        cache_len = cache[0]["key"].shape[1]
+        slots = index + jnp.arange(num_prompt + q)  # The queries' cache slots.
+        mask = (jnp.arange(cache_len)[None, :] <= slots[:, None])[None, None] & cache_valid[:, None, None, :]
+        n = max((entry["key"].shape[1] for entry in prefix if entry is not None), default=0)
+        if n:
+            if prefix_valid is None:
+                prefix_valid = jnp.ones((1, n), bool)
+            seen = jnp.repeat(prefix_valid.astype(bool), rows // prefix_valid.shape[0], axis=0)
+            seen = jnp.broadcast_to(seen[:, None, None, :], (rows, 1, num_prompt + q, n))
+            mask = jnp.concatenate([seen, jnp.broadcast_to(mask, (rows, 1, num_prompt + q, cache_len))], axis=-1)
+        new_cache = []
+        for layer, entry, layer_cache in zip(self.layers, prefix, cache):
+            kv = None if entry is None else (entry["key"], entry["value"])
+            layer_mask = mask if kv is not None or not n else mask[..., n:]
+            x, layer_cache = layer.cached(x, layer_mask, layer_cache, index, kv)
+            new_cache.append(layer_cache)
+        return self.logits(x[:, num_prompt:]), tuple(new_cache)
+
     def _run_layer(self, layer, x, valid, entry, prefix_mask, literal, deterministic):
         """One layer on input rows x [batch, len, embed]; returns the next layer's input rows."""
         batch, length, _ = x.shape
@@ -313,6 +390,15 @@ class GPT2(nn.Module):
         if "hidden" in entry:
             key, value = layer.prefix_kv(hidden)
         return layer(x, attention_mask(key_valid, length), (key, value), deterministic)
+
+
+def init_cache(config: GPT2Config, rows: int, length: int) -> tuple:
+    """An empty decode cache: one {"key", "value"} [rows, length, heads, head_dim] per layer."""
+    shape = (rows, length, config.num_heads, config.head_dim)
+    return tuple(
+        {"key": jnp.zeros(shape, config.dtype), "value": jnp.zeros(shape, config.dtype)}
+        for _ in range(config.num_layers)
+    )
 
 
 def init_params(model: GPT2, rng: Array, seq_len: int = 8) -> dict:

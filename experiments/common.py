@@ -1,0 +1,104 @@
+"""Defaults every experiment starts from; each experiment file overrides what it changes.
+
+Every field any experiment uses is declared here, so that a mistyped
+`--config.x.y=...` or override is an error rather than a new field.
+"""
+
+import ml_collections
+
+from prefix_jax import sharding
+
+
+def base_lm_model() -> ml_collections.ConfigDict:
+    """The embedded pre-trained model's architecture (data/base_lm/config.json)."""
+    return ml_collections.ConfigDict(
+        dict(vocab_size=4096, num_layers=4, num_heads=4, d_model=256, d_ff=1024, max_len=512,
+             dropout_rate=0.0, tie_embeddings=True)
+    )
+
+
+def base_config(arg=None) -> ml_collections.ConfigDict:
+    if arg:
+        raise ValueError(f"This experiment takes no config argument, got {arg!r}.")
+    config = ml_collections.ConfigDict()
+    config.model = ml_collections.ConfigDict(
+        dict(
+            vocab_size=257,  # The byte tokenizer: 256 bytes + <|endoftext|>.
+            num_layers=2,
+            num_heads=4,
+            d_model=64,
+            d_ff=256,
+            max_len=1024,  # Byte-level WebNLG pairs reach ~1000 tokens.
+            dropout_rate=0.0,
+            tie_embeddings=True,
+        )
+    )
+    # Pre-trained base weights (a models.weights directory); "" = random init from train.seed.
+    config.base_weights = ""
+    # Or a Hugging Face GPT-2 directory (config.json + model.safetensors; prefix_jax/convert.py).
+    config.hf_checkpoint = ""
+    config.prefix = ml_collections.ConfigDict(
+        dict(
+            kind="hidden",  # hidden | kv | prompt | none
+            length=10,
+            reparam_dim=0,  # kv only: Li & Liang's MLP width (512 in the paper)
+            literal=False,  # hidden only: reference path (concatenate, run, slice)
+            init="random",  # random | words
+            init_tokens=(116, 97, 98, 108, 101),  # token ids for init="words" ("table" in bytes)
+        )
+    )
+    config.train = ml_collections.ConfigDict(
+        dict(
+            mode="prefix",  # prefix | full | top_k
+            top_k=0,
+            lr=5e-3,
+            warmup_steps=20,
+            num_steps=400,
+            batch_size=16,
+            weight_decay=0.0,
+            adam_b1=0.9,
+            adam_b2=0.999,
+            adam_eps=1e-8,
+            grad_clip_norm=1.0,
+            seed=0,
+            log_every=25,
+            eval_every=200,
+        )
+    )
+    config.data = ml_collections.ConfigDict(
+        dict(
+            name="webnlg",  # webnlg | e2e | dart | copy | text | tfds:{web_nlg,e2e_cleaned,dart,xsum}
+            train_path="data/webnlg2017_train_dev.tar.xz",
+            dev_path="data/webnlg2017_train_dev.tar.xz",
+            tfds_data_dir="",  # for tfds:*; "" = TFDS's default
+            tokenizer="byte",  # "byte" or a tokenizer.json path
+            bucket_size=64,
+            block_len=256,  # text only: tokens per pre-training block
+            num_train=0,  # 0 = all examples (inputs, not pairs; blocks for text)
+            num_dev=0,
+        )
+    )
+    config.checkpoint = ml_collections.ConfigDict(dict(every=100, keep=3, async_save=True))
+    # Decoding with a KV cache (prefix compiled to K/V once). strategy: greedy | beam | sample;
+    # Li & Liang decode table-to-text with beam search: --config.decode.strategy=beam.
+    # after_training: `train` ends by decoding dev with the best checkpoint (`decode` command).
+    config.decode = ml_collections.ConfigDict(
+        dict(
+            max_new_tokens=96,
+            batch_size=16,
+            after_training=False,
+            strategy="greedy",
+            beam_size=5,  # beam only
+            length_penalty=1.0,  # beam only: score = sum(log p) / length**length_penalty
+            early_stopping=True,  # beam only: stop a row at beam_size finished hypotheses
+            no_repeat_ngram_size=0,  # 0 = off; n-grams of the generated tokens only
+            temperature=1.0,  # sample only
+            top_k=0,  # sample only; 0 = off
+            top_p=1.0,  # sample only; 1.0 = off
+            seed=0,  # sample only
+        )
+    )
+    # Device mesh (-1: all remaining devices) and the logical-axis -> mesh-axis rules.
+    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    config.sharding = ml_collections.ConfigDict(dict(rules=sharding.DEFAULT_RULES))
+    return config

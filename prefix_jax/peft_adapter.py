@@ -13,7 +13,7 @@ positions n..n+m-1. `positions(n, batch, m)` gives that convention; apply the
 model with it to get PEFT's logits. Prefixes trained here use positions 0..m-1
 (the model's default), so an exported prefix meets inputs shifted by n in PEFT.
 
-Needs numpy and the `safetensors` package (in the [parity] extra), not torch.
+Needs numpy and safetensors only, not torch.
 """
 
 import json

@@ -1,7 +1,7 @@
 """Hugging Face checkpoints -> (model config, params pytree) for the project's models.
 
 A checkpoint is a directory as `save_pretrained` writes it: `config.json` plus
-`model.safetensors` (read with the `safetensors` numpy API; torch not needed) or
+`model.safetensors` (read with `safetensors`; torch not needed) or
 `pytorch_model.bin` (needs torch). `config.json`'s `model_type` picks the
 converter. Every tensor is accounted for: missing, unexpected or misshapen ones
 raise `CheckpointFormatError` naming them, never a silently partial model.
@@ -13,6 +13,7 @@ import os
 from typing import Callable
 
 import numpy as np
+from safetensors import flax as safetensors_flax
 
 from prefix_jax.data import tokenizer as tokenizer_lib
 from prefix_jax.models import bart, gpt2, llama
@@ -36,15 +37,13 @@ def read_config(path: str) -> dict:
 def read_tensors(path: str) -> dict[str, np.ndarray]:
     """Every tensor of the checkpoint in `path` as float32 numpy arrays, by name.
 
-    Prefers model.safetensors (or a sharded model.safetensors.index.json);
-    falls back to pytorch_model.bin, which needs torch.
+    Prefers model.safetensors (or a sharded model.safetensors.index.json; any float
+    dtype, bfloat16 included); falls back to pytorch_model.bin, which needs torch.
     """
     safetensors_file = os.path.join(path, "model.safetensors")
     index_file = os.path.join(path, "model.safetensors.index.json")
     torch_file = os.path.join(path, "pytorch_model.bin")
     if os.path.isfile(safetensors_file) or os.path.isfile(index_file):
-        from safetensors.numpy import load_file
-
         if os.path.isfile(safetensors_file):
             files = [safetensors_file]
         else:
@@ -52,7 +51,8 @@ def read_tensors(path: str) -> dict[str, np.ndarray]:
                 files = [os.path.join(path, name) for name in sorted(set(json.load(f)["weight_map"].values()))]
         tensors = {}
         for file in files:
-            tensors.update(load_file(file))
+            # The flax reader, unlike the numpy one, knows bfloat16 (how most Llama weights ship).
+            tensors.update(safetensors_flax.load_file(file))
     elif os.path.isfile(torch_file):
         try:
             import torch

@@ -109,3 +109,14 @@ def test_sharded_safetensors_checkpoint(tmp_path):
     tokens, mask = hf_tiny.batch()
     ours = gpt2.GPT2(config).apply({"params": params}, jnp.asarray(tokens), attention_mask=jnp.asarray(mask))
     assert hf_tiny.max_diff(ours, hf_tiny.logits(model, tokens, mask), mask) < ATOL
+
+
+def test_bfloat16_checkpoint_converts_exactly(tmp_path):
+    model = hf_tiny.gpt2(seed=3).to(torch.bfloat16)
+    model.save_pretrained(tmp_path)
+    tensors = convert.read_tensors(str(tmp_path))
+    expected = model.transformer.h[0].mlp.c_fc.weight.detach().float().numpy()
+    assert tensors["transformer.h.0.mlp.c_fc.weight"].dtype == np.float32
+    np.testing.assert_array_equal(tensors["transformer.h.0.mlp.c_fc.weight"], expected)
+    config, _ = convert.load(str(tmp_path))
+    assert config.num_layers == 2

@@ -18,6 +18,7 @@ setuptools.setup(
         "numpy>=1.26",
         "optax>=0.2.8",
         "orbax-checkpoint>=0.12",
+        "pycocoevalcap>=1.2",  # METEOR 1.5, ROUGE-L, CIDEr as the E2E script computes them (needs Java).
         "rouge-score>=0.1.2",
         "sacrebleu>=2.4",
         "safetensors>=0.4",

@@ -130,7 +130,23 @@ def prefix_bank(tasks: Sequence[dict]) -> dict:
 
 
 def num_tasks(served: dict) -> int:
+    """Tasks in a served prefix or bank (1 for no prefix)."""
     return served["mask"].shape[0] if served else 1
+
+
+def _check_fits(served: dict, config: gpt2.GPT2Config) -> None:
+    """A bank made for another model would fail deep inside attention; say so here."""
+    c = config
+    for name, value in served.items():
+        if name in ("key", "value"):
+            want, got = (c.num_layers, c.num_heads, c.head_dim), (value.shape[0],) + value.shape[3:]
+            what = "(layers, heads, head_dim)"
+        elif name == "prompt":
+            want, got, what = (c.d_model,), value.shape[2:], "(d_model,)"
+        else:
+            continue
+        if got != want:
+            raise ValueError(f"Served prefix {name!r} has {what} = {got} but the model has {want}; serve it for this model.")
 
 
 def _select(served: dict, task_ids) -> dict:
@@ -180,8 +196,9 @@ class Options:
             raise ValueError(f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}.")
 
 
-def _route(served: dict, task_ids, batch: int) -> dict:
+def _route(served: dict, task_ids, batch: int, model_config: gpt2.GPT2Config) -> dict:
     """The served prefix each row uses: the one task, or each row's task from the bank."""
+    _check_fits(served, model_config)
     if task_ids is None:
         if num_tasks(served) != 1:
             raise ValueError(f"The prefix bank holds {num_tasks(served)} tasks; pass task_ids naming each row's task.")
@@ -213,7 +230,7 @@ def forward(base_params, served: dict, tokens, attention_mask, *, model: gpt2.GP
     (see `generate`); the decoders' prefill is exactly this.
     """
     _check_inputs(model, tokens, attention_mask, 0)
-    served = _route(served, task_ids, tokens.shape[0])
+    served = _route(served, task_ids, tokens.shape[0], model.config)
     return _forward(base_params, served, tokens, attention_mask, model=model)
 
 
@@ -232,7 +249,7 @@ def generate(base_params, served: dict, tokens, attention_mask, *, model: gpt2.G
     rng: a key, needed for strategy='sample'.
     """
     _check_inputs(model, tokens, attention_mask, options.max_new_tokens)
-    served = _route(served, task_ids, tokens.shape[0])
+    served = _route(served, task_ids, tokens.shape[0], model.config)
     if options.strategy == "sample" and rng is None:
         raise ValueError("strategy='sample' needs an rng key.")
     if rng is None:

@@ -242,8 +242,11 @@ def test_multi_tenant_errors(config, model, base_params):
     with pytest.raises(ValueError, match="one kind"):
         decode.prefix_bank([kv, prompt])
     other = gpt2.GPT2Config(vocab_size=37, num_layers=3, num_heads=4, d_model=16, d_ff=32, max_len=32)
+    foreign = decode.serve(*_task(other, "kv"), gpt2.GPT2(other), base_params)
     with pytest.raises(ValueError, match="shapes differ"):
-        decode.prefix_bank([kv, decode.serve(*_task(other, "kv"), gpt2.GPT2(other), base_params)])
+        decode.prefix_bank([kv, foreign])
+    with pytest.raises(ValueError, match=r"\(layers, heads, head_dim\) = \(3, 4, 4\) but the model has \(3, 2, 8\)"):
+        run(foreign, None)
 
 
 def test_decode_config_section_maps_to_options():
@@ -255,3 +258,19 @@ def test_decode_config_section_maps_to_options():
     config.decode.strategy = "top_p"
     with pytest.raises(ValueError, match="Unknown decode strategy 'top_p'"):
         loop.decode_options(config.decode)
+
+
+def test_decode_benchmark_schema():
+    from benchmarks import decode as decode_benchmark
+
+    results = decode_benchmark.benchmark("toy", repetitions=1)
+    assert set(results["results"]) == {
+        "base model, KV cache", "prefix (cached K/V)", "prefix recomputed each step", "base model, recomputed"
+    }
+    assert results["results"]["base model, KV cache"]["latency_vs_base"] == 1.0
+    for row in results["results"].values():
+        assert set(row) == {"per_token_seconds", "tokens_per_second", "latency_vs_base", "call_seconds", "compile_seconds"}
+    assert set(results["multi_tenant"]) == {"one mixed batch", "sequential per task"}
+    assert results["multi_tenant"]["sequential per task"]["speedup_vs_sequential"] == 1.0
+    table = decode_benchmark.to_markdown(results)
+    assert table.count("\n|") == 4 + 2 + 2 + 2  # Two tables: rows, header and rule each.

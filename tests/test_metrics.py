@@ -1,5 +1,9 @@
 """Metric values against published or independently measured ones."""
 
+import json
+import os
+import shutil
+
 import pytest
 
 from prefix_jax import metrics
@@ -39,3 +43,30 @@ def test_mismatched_inputs_fail_clearly():
         metrics.bleu(["a", "b"], [["a"]])
     with pytest.raises(ValueError, match="at least one reference"):
         metrics.ter(["a"], [[]])
+
+
+# The E2E metrics script's own example (tests/data: its outputs and references for the first
+# 10 dev inputs, 6 to 39 references each); the script prints these values for it.
+E2E_EXAMPLE = json.load(open(os.path.join(os.path.dirname(__file__), "data", "e2e_metrics_example.json")))
+E2E_SCRIPT = {"bleu": 0.7203, "nist": 7.8212, "meteor": 0.4801, "rouge_l": 0.7910, "cider": 2.3039}
+
+
+def test_bleu_and_nist_match_the_e2e_script():
+    hypotheses, references = E2E_EXAMPLE["hypotheses"], E2E_EXAMPLE["references"]
+    assert metrics.bleu(hypotheses, references, lowercase=True) / 100 == pytest.approx(E2E_SCRIPT["bleu"], abs=5e-5)
+    assert metrics.nist(hypotheses, references) == pytest.approx(E2E_SCRIPT["nist"], abs=5e-5)
+    # DESIGN.md section 6: the E2E scripts' NIST for the cat example (nltk's corpus_nist: 2.6573).
+    assert metrics.nist(CAT, CAT_REFS) == pytest.approx(3.1906, abs=5e-5)
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="pycocoevalcap's tokeniser and METEOR need Java")
+def test_coco_metrics_match_the_e2e_script():
+    # One call (each starts JVMs, ~10-50 s on a loaded 2-core machine).
+    scores = metrics.e2e(E2E_EXAMPLE["hypotheses"], E2E_EXAMPLE["references"])
+    assert scores == pytest.approx(E2E_SCRIPT, abs=5e-5)
+
+
+def test_coco_metrics_without_java_say_so(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match="install a Java runtime"):
+        metrics.coco(CAT, CAT_REFS)

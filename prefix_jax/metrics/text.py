@@ -4,8 +4,8 @@
 numbers of references (sacrebleu's reference streams are padded with None,
 which it skips). BLEU and TER use sacrebleu's defaults (13a tokenisation, case
 kept); ROUGE uses Porter stemming and takes the best reference per input, as
-summarisation papers do. NIST, METEOR and CIDEr, as the E2E and WebNLG scripts
-compute them, are still to come (issue #7).
+summarisation papers do. NIST, METEOR, ROUGE-L and CIDEr as the E2E script computes
+them are in `table.py`.
 """
 
 from typing import Sequence
@@ -22,24 +22,24 @@ def _streams(references: Sequence[Sequence[str]]) -> list[list]:
     return [[refs[k] if k < len(refs) else None for refs in references] for k in range(depth)]
 
 
-def _check(hypotheses, references) -> None:
+def check_pairs(hypotheses, references) -> None:
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference sets; they must pair up.")
 
 
 def bleu(hypotheses: Sequence[str], references: Sequence[Sequence[str]], lowercase: bool = False) -> float:
-    _check(hypotheses, references)
+    check_pairs(hypotheses, references)
     return sacrebleu.corpus_bleu(list(hypotheses), _streams(references), lowercase=lowercase).score
 
 
 def ter(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> float:
-    _check(hypotheses, references)
+    check_pairs(hypotheses, references)
     return sacrebleu.corpus_ter(list(hypotheses), _streams(references)).score
 
 
 def rouge(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dict:
     """Mean over inputs of the best-reference ROUGE-1/2/L F-measure."""
-    _check(hypotheses, references)
+    check_pairs(hypotheses, references)
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
     totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
     for hypothesis, refs in zip(hypotheses, references):

@@ -16,6 +16,11 @@ outputs on from layer to layer (prompt tuning). Prefix rows never get position
 embeddings; input rows keep positions 0..m-1 unless `positions` says otherwise
 (pass `positions = n + arange(m)` to reproduce Hugging Face's `past_key_values`
 convention).
+
+Decoding uses `GPT2.decode_step` with a static-shape KV cache (`init_cache`): a
+prefill writes the prompt and sources, then one token per row per call. Its prefix
+is already K/V, [groups, n, heads, head_dim] per layer, read once per group of rows
+rather than copied into every row's cache (decode.py builds it).
 """
 
 import dataclasses

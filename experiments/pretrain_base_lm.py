@@ -5,8 +5,10 @@ Shakespeare, Milton, WordNet glosses, FOLDOC, the Jargon File, fortunes) with it
 4096-token byte-level BPE. Rebuild (2 CPU cores):
   python -m prefix_jax.data.corpus --out=corpus
   python -m prefix_jax.main --config=experiments/pretrain_base_lm.py --workdir=workdir/base_lm
-  python -m prefix_jax.export_base --config=experiments/pretrain_base_lm.py --workdir=workdir/base_lm --out=data/base_lm
-Result: see data/base_lm/README.md (model card).
+  python -m prefix_jax.main export_base --config=experiments/pretrain_base_lm.py --workdir=workdir/base_lm --out=data/base_lm
+Result (2 CPU cores, shared part of the time): 800 steps, 6.55 M tokens, 3,081 s of training at
+2.1 k tokens/s; dev loss 8.376 -> 4.153, dev perplexity 63.6 (float16 weights as shipped).
+Model card: data/base_lm/README.md.
 """
 
 from experiments import common

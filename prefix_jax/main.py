@@ -1,11 +1,12 @@
-"""Entry point: `python -m prefix_jax.main [train|eval|decode|export|import] --config=FILE --workdir=DIR [--config.x=y]`.
+"""Entry point: `python -m prefix_jax.main [train|eval|decode|export|import|export_base] --config=FILE --workdir=DIR [--config.x=y]`.
 
 Kept thin on purpose: flags in, library call out (tests call the same functions).
 `train` (the default) resumes from the workdir's latest checkpoint if there is one;
 `eval` scores the workdir's best checkpoint on dev; `decode` writes its generations
 (greedy, beam search or sampling; `config.decode`) for every dev input; `export
 --out=DIR` writes the best checkpoint's prefix as a PEFT adapter; `import
---adapter=DIR` makes a PEFT adapter the best checkpoint of a new workdir.
+--adapter=DIR` makes a PEFT adapter the best checkpoint of a new workdir; `export_base
+--out=DIR` ships a full-training run as a base-model directory (pretrain.py).
 """
 
 import json
@@ -14,7 +15,7 @@ import logging as std_logging
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from prefix_jax import interop, loop, sharding
+from prefix_jax import interop, loop, pretrain, sharding
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard events and summaries go here.")
@@ -23,7 +24,7 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Processes in a multi-process run (with --coordinator_address).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index (with --coordinator_address).")
-_OUT = flags.DEFINE_string("out", None, "export: the PEFT adapter directory to write.")
+_OUT = flags.DEFINE_string("out", None, "export: the PEFT adapter directory; export_base: the base-model directory.")
 _ADAPTER = flags.DEFINE_string("adapter", None, "import: the PEFT adapter directory to read.")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -43,6 +44,7 @@ COMMANDS = {
     "decode": loop.decode,
     "export": _with_flag(interop.export_best, _OUT),
     "import": _with_flag(interop.import_adapter, _ADAPTER),
+    "export_base": _with_flag(pretrain.export_base, _OUT),
 }
 
 

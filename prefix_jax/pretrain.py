@@ -1,34 +1,27 @@
 """Ships a pre-training run (full mode) as a base-model directory the experiments load.
 
-  python -m prefix_jax.export_base --config=experiments/pretrain_base_lm.py \
+  python -m prefix_jax.main export_base --config=experiments/pretrain_base_lm.py \
       --workdir=workdir/base_lm --out=data/base_lm
 
 Writes `model.safetensors` + `config.json` (models/weights.py) from the run's
 best checkpoint, its `tokenizer.json`, and `heldout.txt`: the first dev-split
-documents of the corpus (about `--heldout_tokens` tokens), a fixed slice small
+documents of the corpus (about `heldout_tokens` tokens), a fixed slice small
 enough to ship, on which the tests check the perplexity stays as recorded.
 Perplexities are measured on the stored (float16-rounded) weights.
 """
 
-import json
 import math
 import os
 
+import ml_collections
 import numpy as np
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import logging
 
 from prefix_jax import loop
 from prefix_jax.data import pipeline
 from prefix_jax.data import tokenizer as tokenizer_lib
 from prefix_jax.models import weights
 from prefix_jax.train import evaluate_loss, make_step_fns
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "The pre-training experiment config.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "The pre-training run's workdir.")
-_OUT = flags.DEFINE_string("out", None, "The base-model directory to write.")
-_HELDOUT_TOKENS = flags.DEFINE_integer("heldout_tokens", 16384, "Size of the shipped held-out slice.")
-flags.mark_flags_as_required(["config", "workdir", "out"])
 
 
 def perplexity(run: loop.Run, params: dict, path: str) -> float:
@@ -50,19 +43,18 @@ def write_heldout(dev_path: str, tokenizer, out_path: str, num_tokens: int) -> N
         f.write(separator.join(documents[: int(np.searchsorted(lengths, num_tokens)) + 1]))
 
 
-def main(argv):
-    del argv
-    config, out = _CONFIG.value, _OUT.value
+def export_base(config: ml_collections.ConfigDict, workdir: str, out: str, heldout_tokens: int = 16384) -> dict:
+    """Writes the base-model directory `out` from `workdir`'s best checkpoint; returns its config.json."""
     if config.train.mode != "full":
-        raise app.UsageError(f"Only a full-training run is a base model; this config trains {config.train.mode!r}.")
-    run = loop.setup(config, _WORKDIR.value, train_data=False, dev_data=False)
+        raise ValueError(f"Only a full-training run is a base model; this config trains {config.train.mode!r}.")
+    run = loop.setup(config, workdir, train_data=False, dev_data=False)
     params, meta = loop.restore_best(run)
     stored = {"base": weights.round_trip(params["base"])}
     os.makedirs(out, exist_ok=True)
     tokenizer = tokenizer_lib.load(config.data.tokenizer)
     tokenizer.save(os.path.join(out, "tokenizer.json"))
     heldout = os.path.join(out, "heldout.txt")
-    write_heldout(config.data.dev_path, tokenizer, heldout, _HELDOUT_TOKENS.value)
+    write_heldout(config.data.dev_path, tokenizer, heldout, heldout_tokens)
     record = {
         "step": meta["step"],
         "tokens_seen": meta["step"] * config.train.batch_size * config.data.block_len,
@@ -72,8 +64,4 @@ def main(argv):
     saved = weights.save(out, config.model.to_dict(), stored["base"], extra=record)
     weights.load(out, config.model.to_dict())  # Refuses the directory unless it reads back intact.
     logging.info("Wrote %s", out)
-    print(json.dumps(saved, indent=2))
-
-
-if __name__ == "__main__":
-    app.run(main)
+    return saved

@@ -10,7 +10,13 @@ Command (from the repo root; 2 CPU cores):
 Full fine-tuning of the same model on the same data, for comparison:
   python -m prefix_jax.main --config=experiments/webnlg_small.py --workdir=workdir/webnlg_small_ft \
       --config.prefix.kind=none --config.train.mode=full --config.train.lr=5e-4
-Result: see README.md ("Default run").
+The learning rate, 2e-3, was the best dev loss of {5e-4, 2e-3, 8e-3} after 200 steps with
+--config.train.num_steps=200 --config.data.num_dev=150 --config.decode.after_training=False
+(3.934, 3.816, 4.180).
+Result (2 CPU cores, one run each; greedy decoding of the 871 distinct dev inputs):
+  prefix tuning: 14 min 41 s in all; dev loss 5.370 -> 4.071; BLEU 2.77, TER 112.9, ROUGE-L 0.179
+  full fine-tuning: dev loss 5.288 -> 0.999; BLEU 40.44, TER 57.3, ROUGE-L 0.596
+  base model, untrained (lr 0, one step): dev loss 5.288; BLEU 0.03
 """
 
 from experiments import common

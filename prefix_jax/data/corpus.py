@@ -107,19 +107,18 @@ def build(raw_dir: str, out_dir: str, vocab_size: int) -> dict:
     return {split: len(docs) for split, docs in splits.items()}
 
 
-_OUT = flags.DEFINE_string("out", "corpus", "Where train.txt, dev.txt and tokenizer.json go.")
-_RAW = flags.DEFINE_string("raw", "", "Already downloaded sources (default: download to a temporary directory).")
-_VOCAB = flags.DEFINE_integer("vocab_size", 4096, "BPE vocabulary size, <|endoftext|> included.")
-
-
 def main(argv):
     del argv
+    out, raw, vocab_size = flags.FLAGS.out, flags.FLAGS.raw, flags.FLAGS.vocab_size
     with tempfile.TemporaryDirectory() as scratch:
-        raw_dir = _RAW.value or scratch
-        if not _RAW.value:
-            download(raw_dir)
-        logging.info("Documents: %s", build(raw_dir, _OUT.value, _VOCAB.value))
+        if not raw:
+            download(scratch)
+        logging.info("Documents: %s", build(raw or scratch, out, vocab_size))
 
 
 if __name__ == "__main__":
+    # Defined here, not at import: tests and other tools import this module beside their own flags.
+    flags.DEFINE_string("out", "corpus", "Where train.txt, dev.txt and tokenizer.json go.")
+    flags.DEFINE_string("raw", "", "Already downloaded sources (default: download to a temporary directory).")
+    flags.DEFINE_integer("vocab_size", 4096, "BPE vocabulary size, <|endoftext|> included.")
     app.run(main)

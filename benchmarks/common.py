@@ -7,6 +7,12 @@ import statistics
 import time
 
 import jax
+from absl import flags
+
+# The flags every benchmark takes, defined once: tests import several benchmarks in one process.
+OUT = flags.DEFINE_string("out", "benchmarks/results/cpu", "Directory for JSON and markdown.")
+SIZE = flags.DEFINE_enum("size", "small", ["toy", "small"], "Model preset.")
+REPETITIONS = flags.DEFINE_integer("repetitions", 7, "Timed rounds (median is reported).")
 
 
 def environment() -> dict:

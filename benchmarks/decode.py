@@ -24,15 +24,12 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import app
 
 from benchmarks import common
 from prefix_jax import decode, prefix
 from prefix_jax.models import gpt2
 
-_OUT = flags.DEFINE_string("out", "benchmarks/results/cpu", "Directory for JSON and markdown.")
-_SIZE = flags.DEFINE_enum("size", "small", ["toy", "small"], "Model preset.")
-_REPETITIONS = flags.DEFINE_integer("repetitions", 7, "Timed rounds (median is reported).")
 
 MODELS = {
     "toy": dict(vocab_size=64, num_layers=2, num_heads=2, d_model=32, d_ff=64, max_len=64),
@@ -188,9 +185,9 @@ def to_markdown(results: dict) -> str:
 
 def main(argv):
     del argv
-    results = benchmark(_SIZE.value, _REPETITIONS.value)
+    results = benchmark(common.SIZE.value, common.REPETITIONS.value)
     table = to_markdown(results)
-    common.write_results(_OUT.value, "decode", results, table)
+    common.write_results(common.OUT.value, "decode", results, table)
     print(table)
 
 

@@ -18,9 +18,6 @@ from benchmarks import common
 from experiments import tiny
 from prefix_jax import prefix, train, trainable
 
-_OUT = flags.DEFINE_string("out", "benchmarks/results/cpu", "Directory for JSON and markdown.")
-_SIZE = flags.DEFINE_enum("size", "small", ["toy", "small"], "Model preset.")
-_REPETITIONS = flags.DEFINE_integer("repetitions", 7, "Timed rounds (median is reported).")
 _STEPS = flags.DEFINE_integer("steps", 5, "Train steps per timed call.")
 
 MODELS = {
@@ -128,9 +125,9 @@ def to_markdown(results: dict) -> str:
 
 def main(argv):
     del argv
-    results = benchmark(_SIZE.value, _REPETITIONS.value, _STEPS.value)
+    results = benchmark(common.SIZE.value, common.REPETITIONS.value, _STEPS.value)
     table = to_markdown(results)
-    common.write_results(_OUT.value, "train_step", results, table)
+    common.write_results(common.OUT.value, "train_step", results, table)
     print(table)
 
 

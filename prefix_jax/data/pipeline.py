@@ -84,9 +84,8 @@ def encode_split(data_config, split: str, tokenizer: Tokenizer, max_len: int) ->
         return encode_pairs(sources.read(data_config, split), tokenizer, max_len)
     if data_config.block_len > max_len:
         raise ValueError(f"data.block_len ({data_config.block_len}) exceeds model.max_len ({max_len}).")
-    limit = data_config.num_train if split == "train" else data_config.num_dev
-    blocks = encode_text(data_config.train_path if split == "train" else data_config.dev_path, tokenizer,
-                         data_config.block_len)
+    path, limit = sources.path_and_limit(data_config, split)
+    blocks = encode_text(path, tokenizer, data_config.block_len)
     return blocks[:limit] if limit > 0 else blocks
 
 

@@ -15,12 +15,18 @@ SOURCES = ("webnlg", "e2e", "dart", "copy") + tuple(f"tfds:{name}" for name in t
 SPLITS = ("train", "dev")
 
 
-def read(config: ml_collections.ConfigDict, split: str) -> list[Example]:
-    """Examples of `split` ('train' or 'dev'), cut to num_train / num_dev when those are > 0."""
+def path_and_limit(config: ml_collections.ConfigDict, split: str) -> tuple[str, int]:
+    """(file, how many items to keep; 0 = all) of `split`, 'train' or 'dev'."""
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r}; expected one of {SPLITS}.")
-    limit = config.num_train if split == "train" else config.num_dev
-    path = config.train_path if split == "train" else config.dev_path
+    if split == "train":
+        return config.train_path, config.num_train
+    return config.dev_path, config.num_dev
+
+
+def read(config: ml_collections.ConfigDict, split: str) -> list[Example]:
+    """Examples of `split` ('train' or 'dev'), cut to num_train / num_dev when those are > 0."""
+    path, limit = path_and_limit(config, split)
     if config.name == "webnlg":
         # Li & Liang train on texts marked "good" only and evaluate against all of them.
         examples = webnlg.read(path, split, only_good=split == "train")

@@ -60,6 +60,7 @@ def base_config(arg=None) -> ml_collections.ConfigDict:
             adam_b2=0.999,
             adam_eps=1e-8,
             grad_clip_norm=1.0,
+            loss_per="token",  # token | sequence (Li & Liang's code: NLL summed per sequence)
             seed=0,
             log_every=25,
             eval_every=200,

@@ -5,7 +5,8 @@ with their data set and the hyper-parameters of the paper's Appendix A. Their se
 follow the official code (github.com/XiangLi1999/PrefixTuning, gpt2/train_e2e.py): the
 reparameterisation MLP of width 512 (`mid_dim`), no dropout, no weight decay, no warmup,
 linear decay, AdamW, gradient clipping at 1.0 (Hugging Face Trainer's defaults), seed 101,
-dev evaluation every 5000 steps. The base weights are a Hugging Face GPT-2 medium
+dev evaluation every 5000 steps, and the loss summed over each sequence's target tokens
+(train_e2e.py's default `--objective_mode 1`; `train.loss_per="sequence"`). The base weights are a Hugging Face GPT-2 medium
 directory (config.json, model.safetensors, tokenizer.json) the user supplies: nothing is
 downloaded.
 """
@@ -38,6 +39,7 @@ def get_config(
         num_steps=epochs * math.ceil(train_pairs / batch_size),
         batch_size=batch_size,
         seed=101,
+        loss_per="sequence",
         log_every=100,
         eval_every=5000,
     )

@@ -72,19 +72,33 @@ def forward(params, batch, rng, *, model, spec, deterministic):
     )
 
 
-def loss_fn(trainable_params, frozen_params, batch, rng, *, model, spec):
+LOSS_PER = ("token", "sequence")
+
+
+def loss_fn(trainable_params, frozen_params, batch, rng, *, model, spec, per="token"):
+    """(objective, (mean NLL per target token, target tokens)).
+
+    per="token" minimises the mean NLL per target token; per="sequence" the NLL summed over
+    each sequence's targets, averaged over sequences: Li & Liang's code (objective_mode 1),
+    whose gradients are ~target-length times larger, which matters under gradient clipping.
+    """
     params = trainable.combine(trainable_params, frozen_params)
     logits = forward(params, batch, rng, model=model, spec=spec, deterministic=False)
     loss_sum, weight = token_nll(logits, batch)
-    return loss_sum / jnp.maximum(weight, 1.0), weight
+    token_loss = loss_sum / jnp.maximum(weight, 1.0)
+    if per == "token":
+        return token_loss, (token_loss, weight)
+    targets = batch["loss_mask"][:, 1:] * batch["attention_mask"][:, 1:]
+    sequences = jnp.sum(jnp.any(targets > 0, axis=1))
+    return loss_sum / jnp.maximum(sequences, 1), (token_loss, weight)
 
 
-def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, model, spec, tx, labels):
+def train_step(state: TrainState, batch: Batch, rng: jax.Array, *, model, spec, tx, labels, loss_per="token"):
     """One optimizer step. Differentiates only the trainable partition. Pure."""
     rng = jax.random.fold_in(rng, state.step)
     trainable_params, frozen_params = trainable.partition(state.params, labels)
-    (loss, weight), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        trainable_params, frozen_params, batch, rng, model=model, spec=spec
+    (_, (loss, weight)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        trainable_params, frozen_params, batch, rng, model=model, spec=spec, per=loss_per
     )
     updates, opt_state = tx.update(
         trainable.as_full_tree(grads, labels), state.opt_state, state.params
@@ -108,6 +122,7 @@ class Experiment:
 
     model: gpt2.GPT2
     spec: Optional[prefix_lib.PrefixSpec]
+    loss_per: str  # "token" or "sequence" (see loss_fn)
     labels: dict
     tx: optax.GradientTransformation
     schedule: optax.Schedule
@@ -152,6 +167,8 @@ def create(config: ml_collections.ConfigDict, base_params: Optional[dict] = None
     both are empty, initialised at random directly sharded (never materialised whole
     on one device). The mesh defaults to the first device alone.
     """
+    if config.train.loss_per not in LOSS_PER:
+        raise ValueError(f"Unknown train.loss_per {config.train.loss_per!r}; expected one of {LOSS_PER}.")
     mesh = mesh or sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
     replicated = sharding.replicated(mesh)
     model = gpt2.GPT2(model_config(config))
@@ -185,7 +202,7 @@ def create(config: ml_collections.ConfigDict, base_params: Optional[dict] = None
     opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
     state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), replicated), params=params, opt_state=opt_state)
     state_shardings = TrainState(step=replicated, params=params_shardings, opt_state=opt_shardings)
-    return Experiment(model, spec, labels, tx, schedule, mesh, state_shardings), state
+    return Experiment(model, spec, config.train.loss_per, labels, tx, schedule, mesh, state_shardings), state
 
 
 def make_step_fns(exp: Experiment):
@@ -197,7 +214,9 @@ def make_step_fns(exp: Experiment):
     replicated = sharding.replicated(exp.mesh)
     batch = sharding.batch_sharding(exp.mesh)
     train = jax.jit(
-        functools.partial(train_step, model=exp.model, spec=exp.spec, tx=exp.tx, labels=exp.labels),
+        functools.partial(
+            train_step, model=exp.model, spec=exp.spec, tx=exp.tx, labels=exp.labels, loss_per=exp.loss_per
+        ),
         in_shardings=(exp.state_shardings, batch, replicated),
         out_shardings=(exp.state_shardings, replicated),
         donate_argnums=0,

@@ -24,5 +24,6 @@ def test_paper_configs(module, lr, length, batch, steps):
     assert config.data.tokenizer == "/models/gpt2-medium/tokenizer.json"
     assert (config.train.lr, config.prefix.length, config.train.batch_size) == (lr, length, batch)
     assert config.train.num_steps == steps and config.prefix.reparam_dim == 512
+    assert (config.train.loss_per, config.train.warmup_steps, config.train.seed) == ("sequence", 0, 101)
     with pytest.raises(ValueError, match="Give the Hugging Face GPT-2 medium directory"):
         module.get_config()

@@ -156,6 +156,29 @@ def test_loss_counts_only_target_tokens():
     np.testing.assert_allclose(loss_sum, want, rtol=1e-6)
 
 
+def test_sequence_loss_is_the_token_loss_scaled_by_targets_per_sequence():
+    """Li & Liang's objective (NLL summed per sequence, mean over sequences) vs per-token mean."""
+    config = _config()
+    exp, state = train.create(config, base_params=_sharp_base(config))
+    batch = _batch(config)
+    batch["attention_mask"] = batch["attention_mask"].at[-1].set(0)  # A padding row has no targets.
+    trainable_params, frozen_params = trainable.partition(state.params, exp.labels)
+    grads = {}
+    for per in train.LOSS_PER:
+        grad_fn = jax.grad(train.loss_fn, has_aux=True)
+        grads[per], (token_loss, weight) = grad_fn(
+            trainable_params, frozen_params, batch, None, model=exp.model, spec=exp.spec, per=per
+        )
+        assert float(token_loss) > 0  # The logged loss is the token mean either way.
+    rows = config.train.batch_size - 1
+    scale = float(weight) / rows
+    assert scale > 2  # Several target tokens per sequence: the two objectives really differ.
+    for g_seq, g_tok in zip(jax.tree.leaves(grads["sequence"]), jax.tree.leaves(grads["token"])):
+        np.testing.assert_allclose(g_seq, scale * g_tok, rtol=1e-4, atol=1e-5)  # float32 sums.
+    with pytest.raises(ValueError, match="Unknown train.loss_per 'sentence'"):
+        train.create(_config(**{"train.loss_per": "sentence"}))
+
+
 def test_eval_step_aggregates_exactly():
     config = _config()
     exp, state = train.create(config)

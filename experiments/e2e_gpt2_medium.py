@@ -10,7 +10,7 @@ Command (from the repo root; /path/to/gpt2-medium is a Hugging Face GPT-2 medium
 directory with config.json, model.safetensors and tokenizer.json):
   python -m prefix_jax.main --config=experiments/e2e_gpt2_medium.py:/path/to/gpt2-medium \
       --workdir=workdir/e2e_gpt2_medium --config.data.train_path=/path/to/e2e/trainset.csv
-then `decode` (same flags) for generations and BLEU/TER/ROUGE, `export --out=DIR` for a
+then `decode` (same flags) for generations and BLEU/NIST/METEOR/ROUGE-L/CIDEr, `export --out=DIR` for a
 PEFT adapter.
 Result: not yet run.
 """

@@ -9,7 +9,7 @@ Command (from the repo root; /path/to/gpt2-medium is a Hugging Face GPT-2 medium
 directory with config.json, model.safetensors and tokenizer.json):
   python -m prefix_jax.main --config=experiments/webnlg_gpt2_medium.py:/path/to/gpt2-medium \
       --workdir=workdir/webnlg_gpt2_medium
-then `decode` (same flags) for generations and BLEU/TER/ROUGE, `export --out=DIR` for a
+then `decode` (same flags) for generations and BLEU/METEOR/TER (seen/unseen/all), `export --out=DIR` for a
 PEFT adapter.
 Result: not yet run.
 """

@@ -33,14 +33,15 @@ class CheckpointMismatchError(ValueError):
     """The checkpoint was made for another base model, prefix or training mode."""
 
 
-def _flat(tree: Any) -> dict:
+def flat_paths(tree: Any) -> dict:
+    """{"a/b/c": leaf}: the path names used in digests, metadata and weight files."""
     return {"/".join(map(str, path)): leaf for path, leaf in traverse_util.flatten_dict(tree).items()}
 
 
 def weights_digest(params: Any) -> str:
     """SHA-256 over every leaf's path, dtype, shape and bytes, in sorted order."""
     digest = hashlib.sha256()
-    for path, leaf in sorted(_flat(params).items()):
+    for path, leaf in sorted(flat_paths(params).items()):
         if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:  # Sharded across hosts.
             leaf = multihost_utils.process_allgather(leaf, tiled=True)
         array = np.asarray(leaf)
@@ -55,7 +56,7 @@ def fingerprint(*, model_config, spec, mode: str, top_k: int, frozen: Any, train
         "base_model": {"config": repr(model_config), "frozen_weights_sha256": weights_digest(frozen)},
         "prefix_spec": repr(spec),
         "mode": mode if mode != "top_k" else f"top_k={top_k}",
-        "trainable_shapes": {path: list(np.shape(leaf)) for path, leaf in sorted(_flat(trainable).items())},
+        "trainable_shapes": {path: list(np.shape(leaf)) for path, leaf in sorted(flat_paths(trainable).items())},
     }
 
 

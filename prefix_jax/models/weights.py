@@ -15,7 +15,7 @@ import numpy as np
 from flax import traverse_util
 from safetensors import numpy as safetensors_numpy
 
-from prefix_jax.checkpoint import weights_digest
+from prefix_jax.checkpoint import flat_paths, weights_digest
 
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
 STORAGE_DTYPE = np.float16
@@ -33,8 +33,7 @@ def round_trip(params: dict) -> dict:
 def save(directory: str, model_config: dict, params: dict, extra: dict | None = None) -> dict:
     """Writes the directory; returns its config.json content (with the loaded weights' digest)."""
     os.makedirs(directory, exist_ok=True)
-    flat = {"/".join(path): np.asarray(leaf).astype(STORAGE_DTYPE)
-            for path, leaf in traverse_util.flatten_dict(params).items()}
+    flat = {path: np.asarray(leaf).astype(STORAGE_DTYPE) for path, leaf in flat_paths(params).items()}
     safetensors_numpy.save_file(flat, os.path.join(directory, WEIGHTS))
     meta = {"model": model_config, "dtype": STORAGE_DTYPE.__name__, "sha256": weights_digest(round_trip(params)),
             **(extra or {})}

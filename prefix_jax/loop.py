@@ -24,6 +24,7 @@ from prefix_jax import metrics
 from prefix_jax import prefix as prefix_lib
 from prefix_jax.data import pipeline, sources
 from prefix_jax.data import tokenizer as tokenizer_lib
+from prefix_jax.models import gpt2
 from prefix_jax.train import Experiment, TrainState, create, evaluate_loss, make_step_fns
 
 
@@ -163,7 +164,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     trained, _ = trainable.partition(state.params, run.exp.labels)
     summary: dict[str, Any] = {
         "trainable_params": prefix_lib.num_params(trained),
-        "base_params": prefix_lib.num_params(state.params["base"]),
+        "base_params": prefix_lib.num_params(gpt2.split_adapters(state.params["base"])[0]),
     }
     if run.exp.spec is not None:
         summary["prefix_params"] = prefix_lib.count_params(run.exp.spec, run.exp.model.config, state.params["base"])

@@ -68,7 +68,7 @@ def forward(params, batch, rng, *, model, spec, deterministic):
         attention_mask=batch["attention_mask"],
         deterministic=deterministic,
         rngs=None if rng is None else {"dropout": rng},
-        **prefix_lib.model_inputs(spec, params.get("prefix", {}), model.config),
+        **prefix_lib.model_inputs(spec, params.get("prefix", {}), model.config, loss_mask=batch["loss_mask"]),
     )
 
 
@@ -150,7 +150,8 @@ def create(config: ml_collections.ConfigDict, base_params: Optional[dict] = None
     `config.base_weights` (a directory written by `models.weights.save`) or
     `config.hf_checkpoint` (a Hugging Face GPT-2 directory, see convert.py), or, when
     both are empty, initialised at random directly sharded (never materialised whole
-    on one device). The mesh defaults to the first device alone.
+    on one device). Loaded weights get fresh adapters when `model.adapter_dim` asks for
+    them. The mesh defaults to the first device alone.
     """
     mesh = mesh or sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
     replicated = sharding.replicated(mesh)
@@ -171,6 +172,7 @@ def create(config: ml_collections.ConfigDict, base_params: Optional[dict] = None
         init = jax.jit(lambda key: gpt2.init_params(model, key), out_shardings=base_shardings)
         base_params = init(base_rng)
     else:
+        base_params = gpt2.add_adapters(model, base_params, jax.random.fold_in(base_rng, 1))
         base_params = jax.device_put(base_params, base_shardings)
     params = {"base": base_params}
     if spec is not None:

@@ -150,12 +150,15 @@ def _all_finite(tree) -> bool:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (resuming from workdir's latest checkpoint), evaluating on dev; returns a summary.
 
-    Loss values are checked before every checkpoint and log line: a non-finite
+    Writes `config.json` (the run's config) first. Loss values are checked before every checkpoint and log line: a non-finite
     loss stops the run with its step, and nothing after the last finite stretch
     is ever saved. With `decode.after_training`, the best checkpoint's dev
     generations and scores (`decode`) end the run and join the summary.
     """
     os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:  # What the run was, for reports (prefix_jax/report.py).
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json(indent=2))
     run = setup(config, workdir)
     c = config.train
     rng = jax.random.key(c.seed + 1)

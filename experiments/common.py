@@ -71,12 +71,14 @@ def base_config(arg=None) -> ml_collections.ConfigDict:
             name="webnlg",  # webnlg | e2e | dart | copy | text | tfds:{web_nlg,e2e_cleaned,dart,xsum}
             train_path="data/webnlg2017_train_dev.tar.xz",
             dev_path="data/webnlg2017_train_dev.tar.xz",
+            test_path="",  # decode.split=test reads it (WebNLG 2017 test: webnlg2017/test/**/*.xml)
             tfds_data_dir="",  # for tfds:*; "" = TFDS's default
             tokenizer="byte",  # "byte" or a tokenizer.json path
             bucket_size=64,
             block_len=256,  # text only: tokens per pre-training block
             num_train=0,  # 0 = all examples (inputs, not pairs; blocks for text)
             num_dev=0,
+            num_test=0,
         )
     )
     config.checkpoint = ml_collections.ConfigDict(dict(every=100, keep=3, async_save=True))
@@ -88,6 +90,7 @@ def base_config(arg=None) -> ml_collections.ConfigDict:
             max_new_tokens=96,
             batch_size=16,
             after_training=False,
+            split="dev",  # dev | test: which split's distinct inputs to decode and score
             strategy="greedy",
             beam_size=5,  # beam only
             length_penalty=1.0,  # beam only: score = sum(log p) / length**length_penalty

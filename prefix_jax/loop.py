@@ -24,6 +24,7 @@ from prefix_jax import metrics
 from prefix_jax import prefix as prefix_lib
 from prefix_jax.data import pipeline, sources
 from prefix_jax.data import tokenizer as tokenizer_lib
+from prefix_jax.data.records import Example
 from prefix_jax.models import gpt2
 from prefix_jax.train import Experiment, TrainState, create, evaluate_loss, make_step_fns
 
@@ -278,24 +279,30 @@ def decode_options(c: ml_collections.ConfigDict) -> decode_lib.Options:
 
 
 def decode(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Generations of the best checkpoint for every distinct dev input (KV-cache decoder).
+    """Generations of the best checkpoint for every distinct input of `config.decode.split`.
 
-    `config.decode.strategy` picks greedy, beam search or sampling. Writes `<workdir>/generations/dev.jsonl` (source, references, generation),
-    `dev.txt` (one generation a line, in the same order) and `dev_metrics.json`
-    (BLEU, TER, ROUGE against all references of each input). Single-process only.
+    `config.decode.strategy` picks greedy, beam search or sampling (KV-cache decoder).
+    Inputs with the same source become one, with all their references (as in the paper).
+    Writes, under `<workdir>/generations/`, for split S: `S.jsonl` (source, references,
+    generation), `S.txt` (one generation a line, same order), `S_metrics.json` (the data
+    set's metrics, `metrics.paper`) and `S_metrics.md` (them in the paper's table layout).
+    Single-process only.
     """
     c = config.decode
     options = decode_options(c)
-    run = setup(config, workdir, train_data=False, dev_data=False)  # Decoding reads dev inputs whole.
+    run = setup(config, workdir, train_data=False, dev_data=False)  # Decoding reads inputs whole.
     params, meta = restore_best(run)
     served = decode_lib.serve(run.exp.spec, params.get("prefix", {}), run.exp.model, params["base"])
     tokenizer = tokenizer_lib.load(config.data.tokenizer)
     eos = tokenizer_lib.eos_id(tokenizer)
-    merged: dict[str, list[str]] = {}  # Inputs that repeat (same source) become one, as in the paper.
-    for example in sources.read(config.data, "dev"):
-        merged.setdefault(example.source, []).extend(example.references)
+    merged: dict[str, Example] = {}
+    for example in sources.read(config.data, c.split):
+        first = merged.setdefault(example.source, example)
+        if first is not example:
+            merged[example.source] = dataclasses.replace(first, references=first.references + example.references)
+    inputs = list(merged.values())
     room = config.model.max_len - c.max_new_tokens
-    prompts = [pipeline.encode_source(tokenizer, source)[-room:] for source in merged]
+    prompts = [pipeline.encode_source(tokenizer, example.source)[-room:] for example in inputs]
     generations = []
     for start in range(0, len(prompts), c.batch_size):
         chunk = prompts[start : start + c.batch_size]
@@ -312,15 +319,25 @@ def decode(config: ml_collections.ConfigDict, workdir: str) -> dict:
     texts = [tokenizer.decode(ids).strip() for ids in generations]
     out_dir = os.path.join(workdir, "generations")
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "dev.jsonl"), "w") as f:
-        for (source, references), text in zip(merged.items(), texts):
-            f.write(json.dumps({"source": source, "references": references, "generation": text}) + "\n")
-    with open(os.path.join(out_dir, "dev.txt"), "w") as f:
+    path = lambda suffix: os.path.join(out_dir, f"{c.split}{suffix}")
+    with open(path(".jsonl"), "w") as f:
+        for example, text in zip(inputs, texts):
+            f.write(json.dumps({"source": example.source, "references": example.references, "generation": text}) + "\n")
+    with open(path(".txt"), "w") as f:
         f.writelines(text.replace("\n", " ") + "\n" for text in texts)
-    scores = metrics.score(texts, list(merged.values()))
-    with open(os.path.join(out_dir, "dev_metrics.json"), "w") as f:
-        json.dump(scores, f, indent=2)
-    for source, text in list(zip(merged, texts))[:3]:
-        logging.info("%s\n  -> %s", source, text)
-    logging.info("dev metrics: %s", scores)
-    return {"step": meta["step"], "inputs": len(texts), "generations": out_dir, "metrics": scores, "samples": texts[:3]}
+    result = metrics.evaluate(
+        metrics.layout_name(config.data.name), texts, [e.references for e in inputs], [e.seen for e in inputs]
+    )
+    with open(path("_metrics.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    with open(path("_metrics.md"), "w") as f:
+        f.write(metrics.markdown(result, row=f"{os.path.basename(os.path.normpath(workdir))} (step {meta['step']})"))
+    for example, text in list(zip(inputs, texts))[:3]:
+        logging.info("%s\n  -> %s", example.source, text)
+    for key, reason in result["unavailable"].items():
+        logging.warning("%s not computed: %s", key, reason)
+    logging.info("%s metrics: %s", c.split, result["scores"])
+    return {
+        "step": meta["step"], "split": c.split, "inputs": len(texts), "generations": out_dir,
+        "metrics": result["scores"], "samples": texts[:3],
+    }

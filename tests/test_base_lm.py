@@ -80,6 +80,9 @@ def test_default_run_prefix_tunes_the_base_model(tmp_path):
     assert summary["dev_loss_after"] < summary["dev_loss_before"]
     assert summary["trainable_params"] == summary["prefix_params"]["trained"]
     assert summary["decode"]["inputs"] == len((tmp_path / "generations" / "dev.txt").read_text().splitlines())
+    scores = summary["decode"]["metrics"]  # WebNLG dev has seen categories only.
+    assert scores["unseen"] is None and scores["seen"] == scores["all"] and 0 <= scores["all"]["ter"]
+    assert (tmp_path / "generations" / "dev_metrics.md").read_text().startswith("| | BLEU S | BLEU U | BLEU A |")
 
 
 def test_pretraining_recipe_exports_a_base_model_that_prefix_runs_load(tmp_path):

@@ -67,17 +67,21 @@ def test_readme_python_example_runs():
     assert float(namespace["metrics"]["loss"]) > 0
 
 
-def test_decode_writes_one_generation_per_dev_input(tmp_path):
+def test_decode_writes_one_generation_per_input_and_the_metric_table(tmp_path):
     copy = [
         f"--workdir={tmp_path}", "--config.data.name=copy", "--config.data.num_train=64",
         "--config.data.num_dev=5", "--config.model.max_len=128", "--config.train.batch_size=4",
         "--config.decode.batch_size=4", "--config.decode.max_new_tokens=8",
     ]
     _main(*copy, "--config.train.num_steps=4", "--config.train.eval_every=2")
-    result = json.loads(_main("decode", *copy).stdout)
-    assert result["inputs"] == 5
-    records = [json.loads(line) for line in (tmp_path / "generations" / "dev.jsonl").read_text().splitlines()]
-    assert len(records) == 5 and all(r["references"] == [r["source"]] for r in records)
-    assert len((tmp_path / "generations" / "dev.txt").read_text().splitlines()) == 5
-    scores = json.loads((tmp_path / "generations" / "dev_metrics.json").read_text())
-    assert set(scores) == {"bleu", "ter", "rouge1", "rouge2", "rougeL"} and scores == result["metrics"]
+    result = json.loads(_main("decode", *copy, "--config.decode.split=test", "--config.data.num_test=3").stdout)
+    assert result["inputs"] == 3 and result["split"] == "test"
+    out = tmp_path / "generations"
+    records = [json.loads(line) for line in (out / "test.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and all(r["references"] == [r["source"]] for r in records)
+    assert len((out / "test.txt").read_text().splitlines()) == 3
+    scores = json.loads((out / "test_metrics.json").read_text())
+    assert scores["layout"] == "other" and scores["scores"] == result["metrics"]
+    assert set(scores["scores"]) == {"bleu", "ter", "rouge1", "rouge2", "rougeL"}
+    table = (out / "test_metrics.md").read_text().splitlines()
+    assert table[0] == "| | BLEU | TER ↓ | R-L |" and table[2].startswith(f"| {tmp_path.name} (step 4) | ")

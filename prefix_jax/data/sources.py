@@ -1,7 +1,7 @@
 """One entry point to every data set: `read(data_config, split)` -> list of Examples.
 
 `data.name` is a reader of the original files (`webnlg`, `e2e`, `dart`: paths in
-`train_path` / `dev_path`), a TFDS builder (`tfds:web_nlg`, ...: prepared under
+`train_path` / `dev_path` / `test_path`), a TFDS builder (`tfds:web_nlg`, ...: prepared under
 `tfds_data_dir`), or the synthetic `copy` task. Plain-text pre-training corpora (`text`) are read by
 `pipeline.encode_split`, not as Examples.
 """
@@ -12,20 +12,18 @@ from prefix_jax.data import dart, e2e, synthetic, tfds_sources, webnlg
 from prefix_jax.data.records import Example
 
 SOURCES = ("webnlg", "e2e", "dart", "copy") + tuple(f"tfds:{name}" for name in tfds_sources.BUILDERS)
-SPLITS = ("train", "dev")
+SPLITS = ("train", "dev", "test")
 
 
 def path_and_limit(config: ml_collections.ConfigDict, split: str) -> tuple[str, int]:
-    """(file, how many items to keep; 0 = all) of `split`, 'train' or 'dev'."""
+    """(file, how many items to keep; 0 = all) of `split`: 'train', 'dev' or 'test'."""
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r}; expected one of {SPLITS}.")
-    if split == "train":
-        return config.train_path, config.num_train
-    return config.dev_path, config.num_dev
+    return config[f"{split}_path"], config[f"num_{split}"]
 
 
 def read(config: ml_collections.ConfigDict, split: str) -> list[Example]:
-    """Examples of `split` ('train' or 'dev'), cut to num_train / num_dev when those are > 0."""
+    """Examples of `split` ('train', 'dev' or 'test'), cut to num_<split> when that is > 0."""
     path, limit = path_and_limit(config, split)
     if config.name == "webnlg":
         # Li & Liang train on texts marked "good" only and evaluate against all of them.

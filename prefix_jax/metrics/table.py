@@ -13,6 +13,8 @@ code after PTB tokenisation. Here:
   * METEOR 1.5, ROUGE-L, CIDEr: pycocoevalcap, after its PTB tokeniser. Its tokeniser
     and METEOR run Java (the jars ship in the wheel); without `java` on PATH these
     raise an error saying so. CIDEr's IDF comes from the corpus: score a whole set.
+
+`paper.evaluate("e2e", ...)` puts the five together on the script's scales.
 """
 
 import collections
@@ -86,11 +88,16 @@ def _require_java() -> None:
         )
 
 
-def coco(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dict:
-    """METEOR, ROUGE-L and CIDEr from pycocoevalcap after its PTB tokeniser (needs Java)."""
+COCO_METRICS = ("meteor", "rouge_l", "cider")
+
+
+def coco(hypotheses: Sequence[str], references: Sequence[Sequence[str]], names: Sequence[str] = COCO_METRICS) -> dict:
+    """`names` out of METEOR, ROUGE-L and CIDEr, from pycocoevalcap after its PTB tokeniser (needs Java)."""
     text.check_pairs(hypotheses, references)
     if any(len(refs) == 0 for refs in references):
         raise ValueError("Every input needs at least one reference.")
+    if unknown := set(names) - set(COCO_METRICS):
+        raise ValueError(f"Unknown metrics {sorted(unknown)}; expected some of {COCO_METRICS}.")
     _require_java()
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.meteor.meteor import Meteor
@@ -100,16 +107,5 @@ def coco(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dict
     tokenizer = PTBTokenizer()
     gts = tokenizer.tokenize({i: [{"caption": r} for r in refs] for i, refs in enumerate(references)})
     res = tokenizer.tokenize({i: [{"caption": h}] for i, h in enumerate(hypotheses)})
-    scores = {}
-    for name, scorer in (("meteor", Meteor), ("rouge_l", Rouge), ("cider", Cider)):
-        scores[name] = float(scorer().compute_score(gts, res)[0])
-    return scores
-
-
-def e2e(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dict:
-    """The E2E challenge's five metrics, on its scales (BLEU in [0, 1] as the script prints)."""
-    return {
-        "bleu": text.bleu(hypotheses, references, lowercase=True) / 100,
-        "nist": nist(hypotheses, references),
-        **coco(hypotheses, references),
-    }
+    scorers = {"meteor": Meteor, "rouge_l": Rouge, "cider": Cider}
+    return {name: float(scorers[name]().compute_score(gts, res)[0]) for name in names}

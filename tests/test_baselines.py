@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments import webnlg_small_row
 from prefix_jax import decode, train, trainable
 from prefix_jax import prefix as prefix_lib
 from prefix_jax.models import gpt2
@@ -178,3 +179,29 @@ def test_infix_refuses_to_decode_or_export(config, model, base_params):
         decode.serve(spec, params, model, base_params)
     with pytest.raises(ValueError, match="needs the batch's loss_mask"):
         prefix_lib.model_inputs(spec, params, config)
+
+
+@pytest.mark.parametrize("method", sorted(webnlg_small_row.METHODS))
+def test_every_row_of_the_small_table_is_a_valid_setup(method):
+    """Each row's model, prefix and mode fit together; trainable shares as documented."""
+    config = webnlg_small_row.get_config(method)
+    model = gpt2.GPT2(train.model_config(config))
+    spec = train.prefix_spec(config)
+    params = {"base": jax.eval_shape(lambda key: gpt2.init_params(model, key), jax.random.key(0))}
+    if spec is not None:
+        params["prefix"] = jax.eval_shape(lambda key: prefix_lib.init_random(spec, model.config, key), jax.random.key(0))
+    labels = trainable.label_params(params, config.train.mode, num_layers=model.config.num_layers, top_k=config.train.top_k)
+    trained, _ = trainable.partition(params, labels)
+    share = prefix_lib.num_params(trained) / 4_339_200
+    want = {"adapter-0.1": 0.0014, "adapter-3": 0.0307, "ft": 1.0, "emb-1": 0.00006, "emb-10": 0.0006}
+    if method in want:
+        assert share == pytest.approx(want[method], rel=0.05)
+
+
+def test_row_arguments():
+    config = webnlg_small_row.get_config("emb-1,size=50,seed=2")
+    assert (config.prefix.kind, config.prefix.length, config.data.num_train, config.train.seed) == ("prompt", 1, 50, 2)
+    assert webnlg_small_row.get_config("prefix-kv,length=40").prefix.length == 40
+    for arg, message in (("lora", "Unknown method"), ("ft,length=5", "has no prefix"), ("ft,epochs=3", "Bad option")):
+        with pytest.raises(ValueError, match=message):
+            webnlg_small_row.get_config(arg)

@@ -125,6 +125,14 @@ def _format(value: Optional[float], digits: int) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def _share(summary: dict) -> float:
+    """% of the base's parameters a run adds or changes: for prefixes what is served (Li &
+    Liang's count; the reparameterisation MLP only exists during training), else what trains."""
+    if "prefix_params" in summary:
+        return 100 * summary["prefix_params"]["served_share_of_base"]
+    return 100 * summary["trainable_params"] / summary["base_params"]
+
+
 def table(runs: list[Run], layout: str) -> str:
     """Markdown: one row per method (mean over its runs), columns as the paper lays them out."""
     spec = paper.LAYOUTS[layout]
@@ -137,9 +145,7 @@ def table(runs: list[Run], layout: str) -> str:
         groups[method(run.config)].append(run)
     for name in sorted(groups, key=lambda name: _row_order(groups[name][0].config)):
         members = groups[name]
-        share = _mean([
-            100 * r.summary["trainable_params"] / r.summary["base_params"] for r in members if r.summary
-        ])
+        share = _mean([_share(r.summary) for r in members if r.summary])
         cells = [name, str(len(members)), _format(share, 2), _format(_mean(r.summary.get("best_dev_loss") for r in members), 3)]
         for _, column, subset in columns:
             value = _mean(r.score(column.key, subset) for r in members)
@@ -237,7 +243,8 @@ def write(runs_dir: str, out_dir: str, split: str = "dev") -> str:
     os.makedirs(out_dir, exist_ok=True)
     parts = [f"# Report: {os.path.abspath(runs_dir)} ({split})\n",
              f"{len(runs)} runs. Scores are means over each method's runs; \"–\": not available "
-             "(not decoded, or the metric was not computed). % params: trainable / base.\n"]
+             "(not decoded, or the metric was not computed). % params: served prefix / base for prefixes, "
+             "trainable / base otherwise.\n"]
     for layout in sorted({r.layout for r in runs}):
         parts += _section([r for r in runs if r.layout == layout], layout, out_dir)
     path = os.path.join(out_dir, "report.md")

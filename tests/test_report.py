@@ -41,7 +41,8 @@ def test_report_tables_and_plots(tmp_path):
     _run(runs, "prefix-kv", "prefix-kv", summary=_summary(40, 2.0), scores=_webnlg(10.0, 0.9), curve=curve)
     _run(runs, "prefix-kv_seed1", "prefix-kv,seed=1", summary=_summary(40, 3.0), scores=_webnlg(20.0, 0.7))
     _run(runs, "prefix-kv_length5", "prefix-kv,length=5", summary=_summary(20, 2.5), scores=_webnlg(12.0, 0.8))
-    _run(runs, "infix", "infix", summary=_summary(40, 2.2))  # Not decoded: dev loss only.
+    infix_summary = {**_summary(1000, 2.2), "prefix_params": {"served_share_of_base": 0.02}}  # MLP trained, K/V served.
+    _run(runs, "infix", "infix", summary=infix_summary)  # Not decoded: dev loss only.
     _run(runs, "adapter-3", "adapter-3")  # Not finished: config only.
     for seed, bleu in ((0, 5.0), (1, 7.0)):
         _run(runs, f"prefix-kv_size50_seed{seed}", f"prefix-kv,size=50,seed={seed}", scores=_webnlg(bleu, 0.9))
@@ -58,7 +59,7 @@ def test_report_tables_and_plots(tmp_path):
     assert "| Adapter (r=32) | 1 | – | – | – | – | – | – | – | – | – | – | – |" in lines
     assert "| Prefix-5 (kv) | 1 | 0.50 | 2.500 | 12.00 | – | 12.00 | – | – | – | 0.80 | – | 0.80 |" in lines
     assert "| Prefix-10 (kv) | 2 | 1.00 | 2.500 | 15.00 | – | 15.00 | – | – | – | 0.80 | – | 0.80 |" in lines
-    assert "| Infix-10 | 1 | 1.00 | 2.200 | – | – | – | – | – | – | – | – | – |" in lines
+    assert "| Infix-10 | 1 | 2.00 | 2.200 | – | – | – | – | – | – | – | – | – |" in lines
     webnlg = text.split("## webnlg")[1].split("### 50 training inputs")[0].splitlines()
     rows = [line.split(" | ")[0] for line in webnlg if line.startswith("| ") and "Method" not in line]
     assert rows == ["| FT", "| Adapter (r=32)", "| Prefix-5 (kv)", "| Prefix-10 (kv)", "| Infix-10"]

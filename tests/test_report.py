@@ -3,6 +3,8 @@
 import json
 import os
 
+import pytest
+
 from experiments import webnlg_small_row
 from prefix_jax import report
 
@@ -86,7 +88,5 @@ def test_report_lines_follow_the_dev_metric(tmp_path):
 
 
 def test_report_needs_runs(tmp_path):
-    import pytest
-
     with pytest.raises(FileNotFoundError, match="no directory there holds a config.json"):
         report.write(str(tmp_path), str(tmp_path / "out"))

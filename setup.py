@@ -27,7 +27,9 @@ setuptools.setup(
         "tokenizers>=0.20",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "matplotlib>=3.7"],
+        # prefix_jax.report's plots.
+        "report": ["matplotlib>=3.7"],
         # TFDS's web_nlg / e2e_cleaned / dart / xsum builders import TensorFlow.
         "tfds": [
             "tensorflow-cpu>=2.16; sys_platform == 'linux' and platform_machine == 'x86_64'",

@@ -13,7 +13,7 @@ def base_lm_model() -> ml_collections.ConfigDict:
     """The embedded pre-trained model's architecture (data/base_lm/config.json)."""
     return ml_collections.ConfigDict(
         dict(vocab_size=4096, num_layers=4, num_heads=4, d_model=256, d_ff=1024, max_len=512,
-             dropout_rate=0.0, tie_embeddings=True)
+             dropout_rate=0.0, tie_embeddings=True, adapter_dim=0)
     )
 
 
@@ -31,6 +31,7 @@ def base_config(arg=None) -> ml_collections.ConfigDict:
             max_len=1024,  # Byte-level WebNLG pairs reach ~1000 tokens.
             dropout_rate=0.0,
             tie_embeddings=True,
+            adapter_dim=0,  # Houlsby adapters' width, for train.mode="adapter"; 0 = none
         )
     )
     # Pre-trained base weights (a models.weights directory); "" = random init from train.seed.
@@ -39,9 +40,9 @@ def base_config(arg=None) -> ml_collections.ConfigDict:
     config.hf_checkpoint = ""
     config.prefix = ml_collections.ConfigDict(
         dict(
-            kind="hidden",  # hidden | kv | prompt | none
+            kind="hidden",  # hidden | kv | prompt (= EMB-n) | infix | none
             length=10,
-            reparam_dim=0,  # kv only: Li & Liang's MLP width (512 in the paper)
+            reparam_dim=0,  # kv / infix only: Li & Liang's MLP width (512 in the paper)
             literal=False,  # hidden only: reference path (concatenate, run, slice)
             init="random",  # random | words
             init_tokens=(116, 97, 98, 108, 101),  # token ids for init="words" ("table" in bytes)
@@ -49,7 +50,7 @@ def base_config(arg=None) -> ml_collections.ConfigDict:
     )
     config.train = ml_collections.ConfigDict(
         dict(
-            mode="prefix",  # prefix | full | top_k
+            mode="prefix",  # prefix | full | top_k | adapter
             top_k=0,
             lr=5e-3,
             warmup_steps=20,

@@ -354,14 +354,18 @@ def load(path: str):
 def load_params(path: str, expected) -> dict:
     """Params of the checkpoint in `path`, refused unless its architecture is `expected`'s.
 
-    Training-time fields (dropout, activation dtype) are the run's choice and not compared.
+    Training-time fields (dropout, activation dtype, adapters the run adds) are the run's
+    choice and not compared.
     """
     config, params = load(path)
     if type(config) is not type(expected):
         raise CheckpointFormatError(
             f"The checkpoint in {path!r} is a {type(config).__name__}; this run needs a {type(expected).__name__}."
         )
-    same_run = dataclasses.replace(config, dropout_rate=expected.dropout_rate, dtype=expected.dtype)
+    run_fields = dict(dropout_rate=expected.dropout_rate, dtype=expected.dtype)
+    if hasattr(expected, "adapter_dim"):  # GPT-2 only.
+        run_fields["adapter_dim"] = expected.adapter_dim
+    same_run = dataclasses.replace(config, **run_fields)
     if same_run != expected:
         differ = [
             f"{f.name}: checkpoint {getattr(config, f.name)!r}, config {getattr(expected, f.name)!r}"

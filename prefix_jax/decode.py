@@ -41,6 +41,7 @@ def greedy(params, tokens, attention_mask, *, model, spec, max_new_tokens: int, 
     params: {"base": ..., "prefix": ...}; tokens, attention_mask: [batch, source_len],
     left-padded. Input rows get positions 0.. from their first real token, as in training.
     """
+    _refuse_infix(spec)
     batch, source_len = tokens.shape
     if source_len + max_new_tokens > model.config.max_len:
         raise ValueError(
@@ -81,6 +82,14 @@ def strip_after_eos(new_tokens: np.ndarray, eos_id: int) -> list[list[int]]:
 # prefill. Served prefixes carry a leading task axis (a bank of one task when plain).
 
 
+def _refuse_infix(spec: Optional[prefix_lib.PrefixSpec]) -> None:
+    if spec is not None and spec.kind == "infix":
+        raise NotImplementedError(
+            "Decoding with an infix is not implemented: the decoders keep a prefix before every "
+            "row, an infix must be hidden from the source rows. Train it, and compare by dev loss."
+        )
+
+
 def serve(spec: Optional[prefix_lib.PrefixSpec], prefix_params, model: gpt2.GPT2, base_params) -> dict:
     """A task's prefix in serving form, as a bank of one task; pure.
 
@@ -90,6 +99,7 @@ def serve(spec: Optional[prefix_lib.PrefixSpec], prefix_params, model: gpt2.GPT2
     """
     if spec is None:
         return {}
+    _refuse_infix(spec)
     if spec.kind == "prompt":
         return {"prompt": prefix_params["prompt"][None], "mask": jnp.ones((1, spec.length), bool)}
     if spec.kind == "hidden":

@@ -25,6 +25,7 @@ from prefix_jax import prefix as prefix_lib
 from prefix_jax.data import pipeline, sources
 from prefix_jax.data import tokenizer as tokenizer_lib
 from prefix_jax.data.records import Example
+from prefix_jax.models import gpt2
 from prefix_jax.train import Experiment, TrainState, create, evaluate_loss, make_step_fns
 
 
@@ -150,12 +151,15 @@ def _all_finite(tree) -> bool:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (resuming from workdir's latest checkpoint), evaluating on dev; returns a summary.
 
-    Loss values are checked before every checkpoint and log line: a non-finite
+    Writes `config.json` (the run's config) first. Loss values are checked before every checkpoint and log line: a non-finite
     loss stops the run with its step, and nothing after the last finite stretch
     is ever saved. With `decode.after_training`, the best checkpoint's dev
     generations and scores (`decode`) end the run and join the summary.
     """
     os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:  # What the run was, for reports (prefix_jax/report.py).
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json(indent=2))
     run = setup(config, workdir)
     c = config.train
     rng = jax.random.key(c.seed + 1)
@@ -164,7 +168,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     trained, _ = trainable.partition(state.params, run.exp.labels)
     summary: dict[str, Any] = {
         "trainable_params": prefix_lib.num_params(trained),
-        "base_params": prefix_lib.num_params(state.params["base"]),
+        "base_params": prefix_lib.num_params(gpt2.split_adapters(state.params["base"])[0]),
     }
     if run.exp.spec is not None:
         summary["prefix_params"] = prefix_lib.count_params(run.exp.spec, run.exp.model.config, state.params["base"])

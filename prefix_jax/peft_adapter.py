@@ -65,6 +65,8 @@ def as_kv(spec: prefix_lib.PrefixSpec, params: dict, model, base_params=None):
             "A prompt-tuning prompt is not a prefix; PEFT prefix tuning cannot hold it. Export a 'kv' or "
             "'hidden' prefix."
         )
+    if spec.kind == "infix":
+        raise AdapterFormatError("An infix is hidden from the source rows; PEFT prefix tuning cannot express that.")
     if spec.kind == "hidden":
         if base_params is None:
             raise ValueError("Exporting a 'hidden' prefix needs the base params to compute its K/V.")

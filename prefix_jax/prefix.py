@@ -1,6 +1,6 @@
 """Prefix specs, their trainable parameters, and what the model receives from them.
 
-Three kinds (see DESIGN.md, section 1):
+Four kinds (see DESIGN.md, section 1):
 
   hidden  Per-layer hidden-state prefixes P^l [n, d]: H^l = [P^l ; h^l], only the
           input rows go on, layer l+1 gets a fresh P^{l+1}. L * n * d numbers.
@@ -9,7 +9,13 @@ Three kinds (see DESIGN.md, section 1):
           Embedding(n, d) -> Linear(d, mid) -> tanh -> Linear(mid, L * 2 * d),
           which `fold` turns into plain K/V for saving and serving.
   prompt  Prompt tuning (Lester et al. 2021): n soft tokens prepended once, after
-          the embedding layer; their outputs are passed on. n * d numbers.
+          the embedding layer; their outputs are passed on. n * d numbers. With
+          length n this is also Li & Liang's EMB-n baseline.
+  infix   Li & Liang's [x; INFIX; y] (section 7.2): per-layer K/V exactly as `kv`
+          (reparameterisation included), seen only by the rows after the source.
+          The source's closing <|endoftext|> is the first such row, so every target
+          token, the first included, is predicted from rows that see the infix; those
+          rows' positions are shifted by n, as if the infix occupied n positions.
 
 Trainable parameters are stored stacked over layers (`[L, n, ...]`, cheap to shard
 and save); `model_inputs` slices them into the per-layer pytree the model takes.
@@ -25,7 +31,8 @@ import numpy as np
 
 from prefix_jax.models import gpt2
 
-KINDS = ("hidden", "kv", "prompt")
+KINDS = ("hidden", "kv", "prompt", "infix")
+KV_KINDS = ("kv", "infix")  # Kinds whose trainable parameters are per-layer K/V.
 INITS = ("random", "words")
 Params = dict
 
@@ -36,7 +43,7 @@ class PrefixSpec:
 
     kind: str
     length: int
-    reparam_dim: int = 0  # kv only: width of the reparameterisation MLP; 0 learns K/V directly.
+    reparam_dim: int = 0  # kv / infix only: width of the reparameterisation MLP; 0 learns K/V directly.
     literal: bool = False  # hidden only: run layers on [P; h] and slice (the reference path).
 
     def __post_init__(self):
@@ -46,9 +53,9 @@ class PrefixSpec:
             raise ValueError(f"Prefix length must be >= 0, got {self.length}.")
         if self.reparam_dim < 0:
             raise ValueError(f"reparam_dim must be >= 0, got {self.reparam_dim}.")
-        if self.reparam_dim and self.kind != "kv":
+        if self.reparam_dim and self.kind not in KV_KINDS:
             raise ValueError(
-                f"reparam_dim={self.reparam_dim} only applies to kind 'kv' (got {self.kind!r})."
+                f"reparam_dim={self.reparam_dim} only applies to kinds {KV_KINDS} (got {self.kind!r})."
             )
         if self.literal and self.kind != "hidden":
             raise ValueError(f"literal=True only applies to kind 'hidden' (got {self.kind!r}).")
@@ -150,10 +157,26 @@ def hidden_to_kv(spec: PrefixSpec, params: Params, model: gpt2.GPT2, base_params
     return PrefixSpec(kind="kv", length=spec.length), stacked
 
 
+def after_source(loss_mask: jax.Array) -> jax.Array:
+    """[batch, m] bool: the rows an infix precedes, from the one predicting the first target token on.
+
+    loss_mask: [batch, m], 1 on target tokens (pipeline.encode). Rows of a sequence
+    without targets (batch padding) are all False.
+    """
+    predicts_target = jnp.pad(loss_mask[:, 1:] > 0, ((0, 0), (0, 1)))
+    return jnp.cumsum(predicts_target, axis=1) > 0
+
+
 def model_inputs(
-    spec: Optional[PrefixSpec], params: Params, config: gpt2.GPT2Config
+    spec: Optional[PrefixSpec], params: Params, config: gpt2.GPT2Config, loss_mask: Optional[jax.Array] = None
 ) -> dict:
-    """Keyword arguments for `GPT2.__call__`: `prefix=` (one entry per layer) or `prompt=`."""
+    """Keyword arguments for `GPT2.__call__`: `prefix=` (one entry per layer) or `prompt=`.
+
+    An infix also needs the batch's `loss_mask` ([batch, m]) to know where each source
+    ends; it returns `prefix_queries` and `positions` (shifted by n after the source).
+    A sequence with an infix must fit in length + n <= max_len: positions past the
+    model's table are clamped to its last one, which only batch padding should reach.
+    """
     if spec is None:
         return {}
     if spec.kind == "prompt":
@@ -162,13 +185,20 @@ def model_inputs(
         layers = tuple({"hidden": p} for p in params["hidden"])
         return {"prefix": layers, "literal_prefix": spec.literal}
     kv = _reparameterise(params, config) if spec.reparam_dim else params
-    return {"prefix": tuple({"key": k, "value": v} for k, v in zip(kv["key"], kv["value"]))}
+    inputs = {"prefix": tuple({"key": k, "value": v} for k, v in zip(kv["key"], kv["value"]))}
+    if spec.kind == "kv":
+        return inputs
+    if loss_mask is None:
+        raise ValueError("An infix needs the batch's loss_mask to know where each source ends.")
+    after = after_source(loss_mask)
+    positions = jnp.minimum(jnp.arange(after.shape[1]) + spec.length * after, config.max_len - 1)
+    return {**inputs, "prefix_queries": after, "positions": positions}
 
 
 def served_size(spec: PrefixSpec, config: gpt2.GPT2Config) -> int:
-    """Numbers a task's prefix needs at serving time: L*n*d, 2*L*n*d or n*d."""
+    """Numbers a task's prefix needs at serving time: L*n*d (hidden), 2*L*n*d (kv, infix) or n*d (prompt)."""
     n, d, layers = spec.length, config.d_model, config.num_layers
-    return {"hidden": layers * n * d, "kv": 2 * layers * n * d, "prompt": n * d}[spec.kind]
+    return {"hidden": layers * n * d, "kv": 2 * layers * n * d, "infix": 2 * layers * n * d, "prompt": n * d}[spec.kind]
 
 
 def num_params(tree) -> int:

@@ -68,7 +68,7 @@ def forward(params, batch, rng, *, model, spec, deterministic):
         attention_mask=batch["attention_mask"],
         deterministic=deterministic,
         rngs=None if rng is None else {"dropout": rng},
-        **prefix_lib.model_inputs(spec, params.get("prefix", {}), model.config),
+        **prefix_lib.model_inputs(spec, params.get("prefix", {}), model.config, loss_mask=batch["loss_mask"]),
     )
 
 
@@ -165,7 +165,8 @@ def create(config: ml_collections.ConfigDict, base_params: Optional[dict] = None
     `config.base_weights` (a directory written by `models.weights.save`) or
     `config.hf_checkpoint` (a Hugging Face GPT-2 directory, see convert.py), or, when
     both are empty, initialised at random directly sharded (never materialised whole
-    on one device). The mesh defaults to the first device alone.
+    on one device). Loaded weights get fresh adapters when `model.adapter_dim` asks for
+    them. The mesh defaults to the first device alone.
     """
     if config.train.loss_per not in LOSS_PER:
         raise ValueError(f"Unknown train.loss_per {config.train.loss_per!r}; expected one of {LOSS_PER}.")
@@ -188,6 +189,7 @@ def create(config: ml_collections.ConfigDict, base_params: Optional[dict] = None
         init = jax.jit(lambda key: gpt2.init_params(model, key), out_shardings=base_shardings)
         base_params = init(base_rng)
     else:
+        base_params = gpt2.add_adapters(model, base_params, jax.random.fold_in(base_rng, 1))
         base_params = jax.device_put(base_params, base_shardings)
     params = {"base": base_params}
     if spec is not None:

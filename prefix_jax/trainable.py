@@ -1,6 +1,8 @@
 """Which leaves train. One label tree drives both the optimizer and differentiation.
 
-The parameter tree is `{"base": <model params>, "prefix": <prefix params>}`.
+The parameter tree is `{"base": <model params>, "prefix": <prefix params>}`; a
+model with adapters holds them inside its layers, `base/layers_<i>/adapter_{attn,mlp}`
+(so checkpoints and decoding, which read "base", carry them without special cases).
 `label_params` gives every leaf the label TRAINABLE or FROZEN from the tree's
 structure (never from substrings of names). The same labels
 
@@ -10,9 +12,11 @@ structure (never from substrings of names). The same labels
     optimizer state holds nothing for frozen leaves.
 
 Modes:
-  prefix  only the prefix trains (any prefix kind, prompt tuning included).
-  full    every base weight trains (full fine-tuning; no prefix).
-  top_k   only the last `top_k` layers of the base train (Li & Liang's FT-top2).
+  prefix   only the prefix trains (any prefix kind: prompt tuning = EMB-n, infix included).
+  full     every base weight trains (full fine-tuning; no prefix).
+  top_k    only the last `top_k` layers of the base train (Li & Liang's FT-top2).
+  adapter  only the adapters train (model.adapter_dim > 0); LayerNorms stay frozen, so
+           the pre-trained weights are bitwise those of every other parameter-efficient mode.
 """
 
 from typing import Any
@@ -23,18 +27,29 @@ from flax import traverse_util
 from prefix_jax.models import gpt2
 
 TRAINABLE, FROZEN = "trainable", "frozen"
-MODES = ("prefix", "full", "top_k")
+MODES = ("prefix", "full", "top_k", "adapter")
+
+
+def _is_adapter(path: tuple) -> bool:
+    """base/<layer>/<adapter name>/...: a leaf of one of the layers' adapters."""
+    return len(path) > 2 and path[0] == "base" and path[2] in gpt2.ADAPTERS
 
 
 def label_params(params: dict, mode: str, *, num_layers: int, top_k: int = 0) -> dict:
     """A tree shaped like `params` whose leaves are TRAINABLE or FROZEN."""
     if mode not in MODES:
         raise ValueError(f"Unknown training mode {mode!r}; expected one of {MODES}.")
-    has_prefix = bool(traverse_util.flatten_dict(params.get("prefix", {})))
+    flat = traverse_util.flatten_dict(params)
+    has_prefix = any(path[0] == "prefix" for path in flat)
+    has_adapters = any(_is_adapter(path) for path in flat)
     if mode == "prefix" and not has_prefix:
         raise ValueError("mode='prefix' needs a prefix; set prefix.kind and prefix.length > 0.")
     if mode != "prefix" and has_prefix:
         raise ValueError(f"mode={mode!r} trains base weights only; remove the prefix (kind='none').")
+    if mode == "adapter" and not has_adapters:
+        raise ValueError("mode='adapter' needs adapters; set model.adapter_dim > 0.")
+    if mode != "adapter" and has_adapters:
+        raise ValueError(f"The model has adapters (model.adapter_dim > 0) but mode={mode!r}; use mode='adapter' or adapter_dim=0.")
     if mode == "top_k" and not 1 <= top_k <= num_layers:
         raise ValueError(f"top_k must be in [1, {num_layers}] for mode='top_k', got {top_k}.")
     top_layers = {gpt2.layer_name(i) for i in range(num_layers - top_k, num_layers)}
@@ -45,11 +60,12 @@ def label_params(params: dict, mode: str, *, num_layers: int, top_k: int = 0) ->
             trains = group == "prefix"
         elif mode == "full":
             trains = group == "base"
+        elif mode == "adapter":
+            trains = _is_adapter(path)
         else:
             trains = group == "base" and path[1] in top_layers
         return TRAINABLE if trains else FROZEN
 
-    flat = traverse_util.flatten_dict(params)
     return traverse_util.unflatten_dict({path: label(path) for path in flat})
 
 

@@ -130,7 +130,7 @@ def test_gpt2_medium_prefix_sizes():
     [
         (dict(kind="deep", length=1), "Unknown prefix kind"),
         (dict(kind="hidden", length=-1), "length must be >= 0"),
-        (dict(kind="hidden", length=2, reparam_dim=8), "only applies to kind 'kv'"),
+        (dict(kind="hidden", length=2, reparam_dim=8), r"only applies to kinds \('kv', 'infix'\)"),
         (dict(kind="kv", length=2, literal=True), "only applies to kind 'hidden'"),
     ],
 )

@@ -11,6 +11,10 @@ prefix through the `prefix=` argument, a sequence with one entry per layer:
     batch axis): a key/value prefix, as in Li & Liang (2021).
   * `None`: that layer has no prefix.
 
+`prefix_queries=` ([batch, m] bool) says which input rows attend to the prefix; the
+others do not see it. That turns a K/V prefix into an infix (Li & Liang, section 7.2:
+[x; INFIX; y]), which only the rows after the source see.
+
 `prompt=` prepends soft tokens once, after the embedding layer, and passes their
 outputs on from layer to layer (prompt tuning). Prefix rows never get position
 embeddings; input rows keep positions 0..m-1 unless `positions` says otherwise
@@ -48,6 +52,7 @@ class GPT2Config:
     max_len: int
     dropout_rate: float = 0.0
     tie_embeddings: bool = True
+    adapter_dim: int = 0  # Houlsby adapters' bottleneck width (0 = none); see `Adapter`.
     layer_norm_epsilon: float = 1e-5
     dtype: Any = jnp.float32  # Activations; parameters are always float32.
 
@@ -56,6 +61,8 @@ class GPT2Config:
             raise ValueError(
                 f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})."
             )
+        if self.adapter_dim < 0:
+            raise ValueError(f"adapter_dim must be >= 0 (0 = no adapters), got {self.adapter_dim}.")
 
     @property
     def head_dim(self) -> int:
@@ -187,6 +194,31 @@ class Mlp(nn.Module):
         return nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
 
 
+ADAPTERS = ("adapter_attn", "adapter_mlp")  # A Block's adapter submodules, when it has them.
+
+
+class Adapter(nn.Module):
+    """Houlsby bottleneck z -> z + up(relu(down(z))), on a sublayer's output before its residual.
+
+    The up-projection starts at zero, so an untrained adapter is exactly the identity
+    and the model exactly the base model. 2 * d * r + r + d numbers.
+    """
+
+    config: GPT2Config
+
+    @nn.compact
+    def __call__(self, z):
+        c = self.config
+        h = nn.Dense(
+            c.adapter_dim, dtype=c.dtype, kernel_init=_init(("embed", None)),
+            bias_init=_init((None,), nn.initializers.zeros), name="down",
+        )(z)
+        return z + nn.Dense(
+            c.d_model, dtype=c.dtype, kernel_init=_init((None, "embed"), nn.initializers.zeros),
+            bias_init=_init(("embed",), nn.initializers.zeros), name="up",
+        )(nn.relu(h))
+
+
 def _layer_norm(c: GPT2Config, name=None):
     return nn.LayerNorm(
         epsilon=c.layer_norm_epsilon,
@@ -198,7 +230,11 @@ def _layer_norm(c: GPT2Config, name=None):
 
 
 class Block(nn.Module):
-    """Pre-LN Transformer layer: x + Attn(LN(x)), then x + Mlp(LN(x))."""
+    """Pre-LN Transformer layer: x + Attn(LN(x)), then x + Mlp(LN(x)).
+
+    With `adapter_dim`, each sublayer's output passes through its adapter before the
+    residual sum (Houlsby et al. 2019): x + A_attn(Attn(LN(x))), then x + A_mlp(Mlp(LN(x))).
+    """
 
     config: GPT2Config
 
@@ -207,6 +243,11 @@ class Block(nn.Module):
         self.attn = SelfAttention(self.config)
         self.ln_2 = _layer_norm(self.config)
         self.mlp = Mlp(self.config)
+        if self.config.adapter_dim:
+            self.adapter_attn, self.adapter_mlp = Adapter(self.config), Adapter(self.config)
+
+    def _adapt(self, name: str, z):
+        return getattr(self, name)(z) if self.config.adapter_dim else z
 
     def prefix_kv(self, hidden_prefix: Array) -> tuple[Array, Array]:
         """Keys and values of hidden-state prefix rows: LN(P) W_k, LN(P) W_v.
@@ -219,14 +260,14 @@ class Block(nn.Module):
     def __call__(self, x, mask, prefix_kv=None, deterministic=True):
         # x: [batch, len, embed]
         self.sow("intermediates", "layer_input", x)
-        x = x + self.attn(self.ln_1(x), mask, prefix_kv, deterministic)
-        return x + self.mlp(self.ln_2(x), deterministic)
+        x = x + self._adapt("adapter_attn", self.attn(self.ln_1(x), mask, prefix_kv, deterministic))
+        return x + self._adapt("adapter_mlp", self.mlp(self.ln_2(x), deterministic))
 
     def cached(self, x, mask, cache, index, prefix_kv=None):
         """The layer at decode time (see `SelfAttention.cached`); returns (x, cache)."""
         attended, cache = self.attn.cached(self.ln_1(x), mask, cache, index, prefix_kv)
-        x = x + attended
-        return x + self.mlp(self.ln_2(x)), cache
+        x = x + self._adapt("adapter_attn", attended)
+        return x + self._adapt("adapter_mlp", self.mlp(self.ln_2(x))), cache
 
 
 def _with_batch(x: Array, batch: int, rank: int) -> Array:
@@ -295,6 +336,7 @@ class GPT2(nn.Module):
         prompt: Optional[Array] = None,
         attention_mask: Optional[Array] = None,
         prefix_mask: Optional[Array] = None,
+        prefix_queries: Optional[Array] = None,
         positions: Optional[Array] = None,
         literal_prefix: bool = False,
         deterministic: bool = True,
@@ -303,13 +345,16 @@ class GPT2(nn.Module):
 
         tokens: [batch, m] int. attention_mask: [batch, m], 0 marks padding.
         prefix_mask: [n] or [batch, n], 0 marks prefix slots to ignore (prefixes of
-        different lengths padded to one n). prompt: [n_prompt, embed] or
+        different lengths padded to one n). prefix_queries: [batch, m] bool, the input
+        rows that see the prefix (default all; an infix). prompt: [n_prompt, embed] or
         [batch, n_prompt, embed].
         """
         c = self.config
         batch, m = tokens.shape
         if attention_mask is None:
             attention_mask = jnp.ones((batch, m), bool)
+        if prefix_queries is not None and literal_prefix:
+            raise ValueError("prefix_queries (an infix) needs a K/V prefix; it has no literal form here.")
         if positions is None:
             if m > c.max_len:
                 raise ValueError(
@@ -330,7 +375,7 @@ class GPT2(nn.Module):
             prefix = (None,) * c.num_layers
         self._check_num_layers(prefix)
         for layer, entry in zip(self.layers, prefix):
-            x = self._run_layer(layer, x, valid, entry, prefix_mask, literal_prefix, deterministic)
+            x = self._run_layer(layer, x, valid, entry, prefix_mask, prefix_queries, literal_prefix, deterministic)
         return self.logits(x[:, num_prompt:])
 
     def decode_step(self, tokens, positions, cache, index, cache_valid, *, prefix=None, prefix_valid=None, prompt=None):
@@ -371,7 +416,7 @@ class GPT2(nn.Module):
             new_cache.append(layer_cache)
         return self.logits(x[:, num_prompt:]), tuple(new_cache)
 
-    def _run_layer(self, layer, x, valid, entry, prefix_mask, literal, deterministic):
+    def _run_layer(self, layer, x, valid, entry, prefix_mask, prefix_queries, literal, deterministic):
         """One layer on input rows x [batch, len, embed]; returns the next layer's input rows."""
         batch, length, _ = x.shape
         if entry is None:
@@ -394,7 +439,11 @@ class GPT2(nn.Module):
             return layer(full, attention_mask(key_valid, n + length), None, deterministic)[:, n:]
         if "hidden" in entry:
             key, value = layer.prefix_kv(hidden)
-        return layer(x, attention_mask(key_valid, length), (key, value), deterministic)
+        mask = attention_mask(key_valid, length)  # [batch, 1, len, n + len]
+        if prefix_queries is not None:  # Rows before an infix do not see its keys.
+            sees = prefix_queries.astype(bool)[:, None, :, None]
+            mask = jnp.concatenate([mask[..., :n] & sees, mask[..., n:]], axis=-1)
+        return layer(x, mask, (key, value), deterministic)
 
 
 def init_cache(config: GPT2Config, rows: int, length: int) -> tuple:
@@ -417,3 +466,32 @@ def logical_axes(model: GPT2) -> dict:
     tokens = jnp.zeros((1, 8), jnp.int32)
     abstract = jax.eval_shape(model.init, jax.random.key(0), tokens)
     return nn.get_partition_spec(abstract)["params"]
+
+
+def split_adapters(params: dict) -> tuple[dict, dict]:
+    """(params without adapters, {layer: {adapter name: params}}): the base model proper and its adapters."""
+    base, adapters = {}, {}
+    for name, sub in params.items():
+        if isinstance(sub, Mapping) and any(a in sub for a in ADAPTERS):
+            adapters[name] = {a: sub[a] for a in ADAPTERS if a in sub}
+            sub = {k: v for k, v in sub.items() if k not in ADAPTERS}
+        base[name] = sub
+    return base, adapters
+
+
+def add_adapters(model: GPT2, base_params: dict, rng: Array) -> dict:
+    """Pre-trained weights with fresh adapters where the model has them and the weights do not.
+
+    Base weights (and adapters already present) are kept as given; each adapter is
+    initialised on its own, so no throwaway copy of the whole model is made.
+    """
+    c = model.config
+    if not c.adapter_dim:
+        return base_params
+    adapter, z = Adapter(c), jnp.zeros((1, c.d_model), c.dtype)
+    params = dict(base_params)
+    for index in range(c.num_layers):
+        keys = jax.random.split(jax.random.fold_in(rng, index), len(ADAPTERS))
+        fresh = {name: nn.meta.unbox(adapter.init(key, z)["params"]) for name, key in zip(ADAPTERS, keys)}
+        params[layer_name(index)] = {**fresh, **base_params[layer_name(index)]}
+    return params

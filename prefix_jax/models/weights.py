@@ -49,7 +49,9 @@ def load(directory: str, model_config: dict) -> dict:
         raise WeightsError(f"Base weights incomplete: {missing} not found.")
     with open(paths[0]) as f:
         meta = json.load(f)
-    if diff := {k: (v, model_config.get(k)) for k, v in meta["model"].items() if model_config.get(k) != v}:
+    # Adapters are the fine-tuning run's addition, never part of a base model.
+    stored = {k: v for k, v in meta["model"].items() if k != "adapter_dim"}
+    if diff := {k: (v, model_config.get(k)) for k, v in stored.items() if model_config.get(k) != v}:
         raise WeightsError(
             f"{directory} was trained for another model: (stored, configured) differ in {diff}; "
             "set the config's model section to the stored values."

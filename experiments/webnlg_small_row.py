@@ -1,0 +1,79 @@
+"""One row of Li & Liang's WebNLG comparison (Tables 1, 4; Figures 3, 5) on the embedded base model.
+
+The argument names the method and, optionally, the sweep point:
+  --config=experiments/webnlg_small_row.py:METHOD[,length=N][,size=N][,seed=N]
+length is the prefix / EMB / infix length, size the number of WebNLG training inputs
+(low-data runs: 0 = all), seed the training seed (prefix init, adapter init, batch
+order; the low-data subset is the first `size` inputs whatever the seed).
+
+Methods (the embedded 4-layer model has 4,339,200 base parameters):
+  ft           full fine-tuning                                   lr 5e-4
+  ft-top2      fine-tune the top 2 layers (FT-top2)               lr 5e-4
+  adapter-0.1  Houlsby adapters r=1:  6,152 params (0.14%)        lr 2e-3
+  adapter-3    Houlsby adapters r=32: 133,376 params (3.07%)      lr 2e-3
+  prefix-kv    K/V prefix, reparameterised (512), n=10 (default)  lr 2e-3
+  prefix-hidden  hidden-state prefix, n=10                        lr 2e-3
+  emb-1, emb-10  EMB-n: n soft tokens at the embedding layer only (= prompt tuning)  lr 2e-3
+  infix        [x; INFIX; y], K/V reparameterised (512), n=10     lr 2e-3
+r = 1 is the smallest adapter; 0.1% of this model would be r = 0.7. The learning rates of
+prefix-kv (2e-3, best of {5e-4, 2e-3, 8e-3}) and ft (5e-4) come from webnlg_small.py; the
+others reuse them by kind (parameter-efficient 2e-3, whole-layer fine-tuning 5e-4) and
+are not tuned. Low-data runs (size > 0) train 400 steps and evaluate every 100: a few
+hundred pairs make an epoch of a handful of batches.
+
+Every run decodes dev greedily at the end except infix, which the decoders do not
+support (prefix_jax/decode.py); its rows report dev loss.
+Command (2 CPU cores, ~15 min each for full data):
+  python -m prefix_jax.main --config=experiments/webnlg_small_row.py:adapter-3 \
+      --workdir=workdir/webnlg_small_table/adapter-3
+Every run of the table and sweeps: python -m experiments.webnlg_small_table.
+Result: not yet run.
+"""
+
+from experiments import webnlg_small
+
+EFFICIENT_LR, FT_LR = 2e-3, 5e-4
+METHODS = {
+    "ft": dict(prefix=dict(kind="none"), train=dict(mode="full", lr=FT_LR)),
+    "ft-top2": dict(prefix=dict(kind="none"), train=dict(mode="top_k", top_k=2, lr=FT_LR)),
+    "adapter-0.1": dict(prefix=dict(kind="none"), train=dict(mode="adapter"), model=dict(adapter_dim=1)),
+    "adapter-3": dict(prefix=dict(kind="none"), train=dict(mode="adapter"), model=dict(adapter_dim=32)),
+    "prefix-kv": {},
+    "prefix-hidden": dict(prefix=dict(kind="hidden", reparam_dim=0)),
+    "emb-1": dict(prefix=dict(kind="prompt", length=1, reparam_dim=0)),
+    "emb-10": dict(prefix=dict(kind="prompt", length=10, reparam_dim=0)),
+    "infix": dict(prefix=dict(kind="infix"), decode=dict(after_training=False)),
+}
+SWEEP_KEYS = ("length", "size", "seed")
+
+
+def parse_arg(arg: str) -> tuple[str, dict]:
+    """"METHOD[,key=value]..." -> (method, {key: int}); unknown methods or keys are errors."""
+    method, *pairs = (arg or "").split(",")
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}; give one of {sorted(METHODS)} after the config file.")
+    options = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if key not in SWEEP_KEYS or not value.isdigit():
+            raise ValueError(f"Bad option {pair!r} in {arg!r}; expected one of {SWEEP_KEYS} as key=<integer>.")
+        options[key] = int(value)
+    if "length" in options and METHODS[method].get("prefix", {}).get("kind") == "none":
+        raise ValueError(f"Method {method!r} has no prefix; length= does not apply.")
+    return method, options
+
+
+def get_config(arg=None):
+    method, options = parse_arg(arg)
+    config = webnlg_small.get_config()
+    for section, values in METHODS[method].items():
+        config[section].update(values)
+    if "length" in options:
+        config.prefix.length = options["length"]
+    if options.get("size"):
+        config.data.num_train = options["size"]
+        config.train.update(num_steps=400, eval_every=100, warmup_steps=20)
+        config.checkpoint.every = 100
+    if "seed" in options:
+        config.train.seed = options["seed"]
+    return config

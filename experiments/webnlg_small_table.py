@@ -1,0 +1,62 @@
+"""Every run of the small-scale WebNLG comparison (experiments/webnlg_small_row.py), one command each.
+
+  python -m experiments.webnlg_small_table                 # prints the commands, one a line
+  python -m experiments.webnlg_small_table --run           # runs them in turn; finished ones are skipped
+  python -m experiments.webnlg_small_table --run --only=prefix-kv   # those whose name starts so
+  python -m prefix_jax.report --runs=workdir/webnlg_small_table --out=reports/webnlg_small
+
+Runs (WebNLG dev; 37 in all):
+  table    every method of webnlg_small_row.py on all training data        (Table 1 / 4)
+  length   prefix-kv with prefix lengths 1, 5, 10, 20, 40                  (Figure 5)
+  size     prefix-kv and ft on 50, 100, 200, 500 training inputs, seeds 0-2 (Figure 3)
+Killed runs resume when their command is rerun (the loop restores the latest checkpoint).
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+
+from experiments import webnlg_small_row
+
+CONFIG = "experiments/webnlg_small_row.py"
+LENGTHS = (1, 5, 10, 20, 40)
+SIZES = (50, 100, 200, 500)
+SEEDS = (0, 1, 2)
+
+
+def runs() -> dict[str, str]:
+    """{run name: config argument}; the name is also the run's workdir under the root."""
+    table = {method: method for method in webnlg_small_row.METHODS}
+    lengths = {f"prefix-kv_length{n}": f"prefix-kv,length={n}" for n in LENGTHS if n != 10}  # 10: the table's row.
+    sizes = {
+        f"{method}_size{size}_seed{seed}": f"{method},size={size},seed={seed}"
+        for method in ("prefix-kv", "ft") for size in SIZES for seed in SEEDS
+    }
+    return {**table, **lengths, **sizes}
+
+
+def command(name: str, arg: str, root: str) -> list[str]:
+    return [sys.executable, "-m", "prefix_jax.main", f"--config={CONFIG}:{arg}", f"--workdir={os.path.join(root, name)}"]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", default="workdir/webnlg_small_table", help="Each run's workdir is <root>/<name>.")
+    parser.add_argument("--run", action="store_true", help="Run the commands instead of printing them.")
+    parser.add_argument("--only", default="", help="Only the runs whose name starts with this.")
+    args = parser.parse_args(argv)
+    for name, arg in runs().items():
+        if not name.startswith(args.only):
+            continue
+        cmd = command(name, arg, args.root)
+        if not args.run:
+            print(" ".join(cmd))
+        elif os.path.exists(os.path.join(args.root, name, "summary.json")):
+            print(f"{name}: finished, skipped.")
+        else:
+            subprocess.run(cmd, check=True)
+
+
+if __name__ == "__main__":
+    main()

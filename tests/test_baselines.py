@@ -1,0 +1,207 @@
+"""Li & Liang's baselines in the trainable-mode machinery: adapters, FT-top2, EMB-n, infix."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import webnlg_small_row
+from prefix_jax import decode, train, trainable
+from prefix_jax import prefix as prefix_lib
+from prefix_jax.models import gpt2
+from test_train import _batch, _config, _leaves_with_labels, _sharp_base
+
+ADAPTER_DIM = 4
+
+
+def _keys(path) -> tuple:
+    return tuple(k.key for k in path)
+
+
+@pytest.mark.parametrize(
+    "overrides, trains",
+    [
+        (
+            {"prefix.kind": "none", "train.mode": "adapter", "model.adapter_dim": ADAPTER_DIM},
+            lambda keys: len(keys) > 2 and keys[2] in gpt2.ADAPTERS,
+        ),
+        ({"prefix.kind": "none", "train.mode": "top_k", "train.top_k": 2}, lambda keys: keys[1] in ("layers_1", "layers_2")),
+        ({"prefix.kind": "prompt", "prefix.length": 1}, lambda keys: keys[0] == "prefix"),  # EMB-1
+        ({"prefix.kind": "infix"}, lambda keys: keys[0] == "prefix"),
+        ({"prefix.kind": "infix", "prefix.reparam_dim": 16}, lambda keys: keys[0] == "prefix"),
+    ],
+    ids=["adapter", "ft-top2", "emb-1", "infix", "infix-reparam"],
+)
+def test_only_the_intended_leaves_train(overrides, trains):
+    """Two steps (an adapter's down-projection gets no gradient while its up-projection is 0)."""
+    config = _config(**overrides)
+    exp, state = train.create(config, base_params=_sharp_base(config))
+    before = jax.tree.map(np.array, state.params)
+    train_fn, _ = train.make_step_fns(exp)
+    for _ in range(2):
+        state, _ = train_fn(state, _batch(config), jax.random.key(0))
+    for (path, old), new, label in _leaves_with_labels(before, state.params, exp.labels):
+        if trains(_keys(path)):
+            assert label == trainable.TRAINABLE, path
+            assert not np.array_equal(new, old), f"{path} did not train"
+        else:
+            assert label == trainable.FROZEN, path
+            np.testing.assert_array_equal(new, old, err_msg=str(path))
+
+
+def _adapter_model(config):
+    return gpt2.GPT2(dataclasses.replace(config, adapter_dim=ADAPTER_DIM))
+
+
+def test_untrained_adapters_leave_the_base_model_exactly(config, model, base_params, tokens):
+    with_adapters = gpt2.add_adapters(_adapter_model(config), base_params, jax.random.key(5))
+    assert gpt2.split_adapters(with_adapters)[0] == base_params  # The base weights are the same objects.
+    np.testing.assert_array_equal(
+        _adapter_model(config).apply({"params": with_adapters}, tokens),
+        model.apply({"params": base_params}, tokens),
+    )
+
+
+def test_trained_adapters_reach_the_decoder(config, base_params, tokens):
+    """The cached decoder (prefill) runs the adapters exactly as the training forward does."""
+    adapter_model = _adapter_model(config)
+    base, adapters = gpt2.split_adapters(gpt2.add_adapters(adapter_model, base_params, jax.random.key(5)))
+    leaves, tree = jax.tree.flatten(adapters)  # As if trained: every weight off its initial value.
+    keys = jax.random.split(jax.random.key(8), len(leaves))
+    adapters = tree.unflatten([jax.random.normal(key, x.shape) for key, x in zip(keys, leaves)])
+    params = {name: {**sub, **adapters.get(name, {})} for name, sub in base.items()}
+    logits = adapter_model.apply({"params": params}, tokens)
+    assert np.abs(logits - gpt2.GPT2(config).apply({"params": base_params}, tokens)).min() > 1e-3
+    served = decode.forward(params, {}, tokens, jnp.ones_like(tokens), model=adapter_model)
+    np.testing.assert_allclose(served, logits, atol=1e-5)
+
+
+def test_adapter_sizes_of_the_embedded_model():
+    """2 adapters a layer of 2*d*r + r + d numbers: r = 1 and 32 are ~0.1% and ~3% of 4.34 M."""
+    from experiments import common
+
+    sizes = {}
+    for r in (1, 32):
+        model = gpt2.GPT2(gpt2.GPT2Config(**{**common.base_lm_model().to_dict(), "adapter_dim": r}))
+        abstract = jax.eval_shape(lambda key: gpt2.init_params(model, key), jax.random.key(0))
+        base, adapters = gpt2.split_adapters(abstract)
+        sizes[r] = (prefix_lib.num_params(adapters), prefix_lib.num_params(base))
+    assert sizes == {1: (6152, 4339200), 32: (133376, 4339200)}
+    assert sizes[1][0] == 4 * 2 * (2 * 256 * 1 + 1 + 256)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"prefix.kind": "none", "train.mode": "adapters"}, "Unknown training mode"),
+        ({"prefix.kind": "none", "train.mode": "adapter"}, r"needs adapters; set model.adapter_dim > 0"),
+        ({"prefix.kind": "none", "train.mode": "full", "model.adapter_dim": 4}, "use mode='adapter' or adapter_dim=0"),
+        ({"train.mode": "adapter", "model.adapter_dim": 4}, "remove the prefix"),
+        ({"prefix.kind": "none", "train.mode": "adapter", "model.adapter_dim": -1}, "adapter_dim must be >= 0"),
+        ({"prefix.kind": "prompt", "prefix.reparam_dim": 8}, r"only applies to kinds \('kv', 'infix'\)"),
+    ],
+)
+def test_bad_baseline_setups_fail_clearly(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        train.create(_config(**overrides))
+
+
+# ---------------------------------------------------------------------------------------
+# Infix.
+
+
+def test_rows_after_the_source_start_at_its_closing_token():
+    loss_mask = jnp.array([[0, 0, 0, 1, 1, 0], [0, 1, 1, 1, 0, 0], [0, 0, 0, 0, 0, 0]], jnp.float32)
+    np.testing.assert_array_equal(
+        prefix_lib.after_source(loss_mask),
+        [[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0]],
+    )
+
+
+def _layer_norm(x, p, eps):
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) / jnp.sqrt(var + eps) * p["scale"] + p["bias"]
+
+
+def _literal_infix_logits(config, params, tokens, start, infix_key, infix_value):
+    """[x; INFIX; y] written out: one sequence of m + n slots, the infix's K/V inserted at
+    slots start..start+n-1 of every layer (no queries, no outputs there), causal order over
+    the slots, y's positions after the infix. tokens: [m]; returns logits [m, vocab]."""
+    m, n = tokens.shape[0], infix_key.shape[1]
+    slot = jnp.where(jnp.arange(m) < start, jnp.arange(m), jnp.arange(m) + n)  # Slots of the input rows.
+    key_slots = jnp.concatenate([slot[:start], start + jnp.arange(n), slot[start:]])
+    x = params["token_embed"]["embedding"][tokens] + params["position_embed"]["embedding"][slot]
+    dense = lambda h, p: jnp.einsum("md,dhk->mhk", h, p["kernel"]) + p["bias"]
+    eps = config.layer_norm_epsilon
+    for index in range(config.num_layers):
+        p = params[gpt2.layer_name(index)]
+        h = _layer_norm(x, p["ln_1"], eps)
+        q, k, v = (dense(h, p["attn"][name]) for name in ("query", "key", "value"))
+        k = jnp.concatenate([k[:start], infix_key[index], k[start:]])
+        v = jnp.concatenate([v[:start], infix_value[index], v[start:]])
+        scores = jnp.einsum("qhd,khd->hqk", q, k) / np.sqrt(config.head_dim)
+        scores = jnp.where(key_slots[None, None, :] <= slot[None, :, None], scores, -jnp.inf)
+        attended = jnp.einsum("hqk,khd->qhd", jax.nn.softmax(scores, axis=-1), v)
+        x = x + jnp.einsum("qhd,hde->qe", attended, p["attn"]["out"]["kernel"]) + p["attn"]["out"]["bias"]
+        h = _layer_norm(x, p["ln_2"], eps)
+        h = jax.nn.gelu(h @ p["mlp"]["fc"]["kernel"] + p["mlp"]["fc"]["bias"], approximate=True)
+        x = x + h @ p["mlp"]["proj"]["kernel"] + p["mlp"]["proj"]["bias"]
+    return _layer_norm(x, params["final_norm"], eps) @ params["token_embed"]["embedding"].T
+
+
+def test_infix_matches_its_literal_definition(config, model, base_params):
+    n = 3
+    spec = prefix_lib.PrefixSpec(kind="infix", length=n)
+    params = prefix_lib.init_random(spec, config, jax.random.key(6))
+    params = jax.tree.map(lambda x: 50 * x, params)  # K/V that visibly matter.
+    tokens = jax.random.randint(jax.random.key(7), (2, 9), 0, config.vocab_size)
+    targets_from = [4, 6]  # First target token of each row; the infix precedes the row before it.
+    loss_mask = (jnp.arange(9)[None] >= jnp.array(targets_from)[:, None]).astype(jnp.float32)
+    inputs = prefix_lib.model_inputs(spec, params, config, loss_mask=loss_mask)
+    logits = model.apply({"params": base_params}, tokens, **inputs)
+    plain = model.apply({"params": base_params}, tokens)
+    for row, first_target in enumerate(targets_from):
+        start = first_target - 1
+        want = _literal_infix_logits(config, base_params, tokens[row], start, params["key"], params["value"])
+        np.testing.assert_allclose(logits[row], want, atol=2e-5)
+        # Source rows never see the infix; the rows after it do.
+        np.testing.assert_allclose(logits[row, :start], plain[row, :start], atol=1e-6)
+        assert np.abs(logits[row, start:] - plain[row, start:]).min() > 1e-3
+
+
+def test_infix_refuses_to_decode_or_export(config, model, base_params):
+    spec = prefix_lib.PrefixSpec(kind="infix", length=2)
+    params = prefix_lib.init_random(spec, config, jax.random.key(6))
+    with pytest.raises(NotImplementedError, match="Decoding with an infix is not implemented"):
+        decode.serve(spec, params, model, base_params)
+    with pytest.raises(ValueError, match="needs the batch's loss_mask"):
+        prefix_lib.model_inputs(spec, params, config)
+
+
+@pytest.mark.parametrize("method", sorted(webnlg_small_row.METHODS))
+def test_every_row_of_the_small_table_is_a_valid_setup(method):
+    """Each row's model, prefix and mode fit together; trainable shares as documented."""
+    config = webnlg_small_row.get_config(method)
+    model = gpt2.GPT2(train.model_config(config))
+    spec = train.prefix_spec(config)
+    params = {"base": jax.eval_shape(lambda key: gpt2.init_params(model, key), jax.random.key(0))}
+    if spec is not None:
+        params["prefix"] = jax.eval_shape(lambda key: prefix_lib.init_random(spec, model.config, key), jax.random.key(0))
+    labels = trainable.label_params(params, config.train.mode, num_layers=model.config.num_layers, top_k=config.train.top_k)
+    trained, _ = trainable.partition(params, labels)
+    share = prefix_lib.num_params(trained) / 4_339_200
+    want = {"adapter-0.1": 0.0014, "adapter-3": 0.0307, "ft": 1.0, "emb-1": 0.00006, "emb-10": 0.0006}
+    if method in want:
+        assert share == pytest.approx(want[method], rel=0.05)
+
+
+def test_row_arguments():
+    config = webnlg_small_row.get_config("emb-1,size=50,seed=2")
+    assert (config.prefix.kind, config.prefix.length, config.data.num_train, config.train.seed) == ("prompt", 1, 50, 2)
+    assert webnlg_small_row.get_config("prefix-kv,length=40").prefix.length == 40
+    for arg, message in (("lora", "Unknown method"), ("ft,length=5", "has no prefix"), ("ft,epochs=3", "Bad option")):
+        with pytest.raises(ValueError, match=message):
+            webnlg_small_row.get_config(arg)

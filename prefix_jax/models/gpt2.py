@@ -52,7 +52,10 @@ class GPT2Config:
     max_len: int
     dropout_rate: float = 0.0
     tie_embeddings: bool = True
-    adapter_dim: int = 0  # Houlsby adapters' bottleneck width (0 = none); see `Adapter`.
+    # Houlsby adapters' bottleneck width (0 = none); see `Adapter`. Left out of the repr that
+    # fingerprints the base model in checkpoints: adapters are trained weights, recorded there
+    # by the mode and the trainable shapes.
+    adapter_dim: int = dataclasses.field(default=0, repr=False)
     layer_norm_epsilon: float = 1e-5
     dtype: Any = jnp.float32  # Activations; parameters are always float32.
 

@@ -361,7 +361,8 @@ def load_params(path: str, expected) -> dict:
         raise CheckpointFormatError(
             f"The checkpoint in {path!r} is a {type(config).__name__}; this run needs a {type(expected).__name__}."
         )
-    same_run = dataclasses.replace(config, dropout_rate=expected.dropout_rate, dtype=expected.dtype)
+    run_fields = {name: getattr(expected, name) for name in ("dropout_rate", "dtype") if hasattr(expected, name)}
+    same_run = dataclasses.replace(config, **run_fields)
     if same_run != expected:
         differ = [
             f"{f.name}: checkpoint {getattr(config, f.name)!r}, config {getattr(expected, f.name)!r}"

@@ -17,7 +17,7 @@ from flax import struct
 
 from prefix_jax import convert, sharding, trainable
 from prefix_jax import prefix as prefix_lib
-from prefix_jax.models import gpt2, weights
+from prefix_jax.models import bart, gpt2, weights
 
 Batch = dict  # tokens, attention_mask, loss_mask: [batch, len] int32 / int32 / float32
 
@@ -130,8 +130,26 @@ class Experiment:
     state_shardings: TrainState  # A TrainState whose leaves are NamedShardings.
 
 
-def model_config(config: ml_collections.ConfigDict) -> gpt2.GPT2Config:
-    return gpt2.GPT2Config(**config.model.to_dict())
+FAMILIES = {"gpt2": gpt2.GPT2Config, "bart": bart.BartConfig}
+
+
+def model_config(config: ml_collections.ConfigDict):
+    """The model's frozen config (GPT2Config or BartConfig), picked by config.model.family."""
+    fields = config.model.to_dict()
+    family = fields.pop("family")
+    if family not in FAMILIES:
+        raise ValueError(f"Unknown model.family {family!r}; expected one of {sorted(FAMILIES)}.")
+    cls = FAMILIES[family]
+    known = {f.name for f in dataclasses.fields(cls)} - {"dtype"}
+    required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
+    if wrong := sorted(set(fields) - known):
+        raise ValueError(
+            f"config.model has fields {wrong} that a {family} model does not take (it takes {sorted(known)}); "
+            f"start the model section from experiments/common.py's {family} fields."
+        )
+    if missing := sorted(required - set(fields)):
+        raise ValueError(f"config.model lacks {missing}, which a {family} model needs.")
+    return cls(**fields)
 
 
 def prefix_spec(config: ml_collections.ConfigDict) -> Optional[prefix_lib.PrefixSpec]:

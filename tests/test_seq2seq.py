@@ -177,8 +177,8 @@ def test_main_trains_and_decodes_dev_and_test_with_rouge(tmp_path):
     directory = write_xsum(tmp_path / "data_dir")
     workdir = tmp_path / "work"
     main = lambda *args: subprocess.run(
-        [sys.executable, "-m", "prefix_jax.main", *args, f"--config=experiments/xsum_tiny.py:{directory}",
-         f"--workdir={workdir}", "--config.train.num_steps=20", "--config.train.eval_every=10"],
+        [sys.executable, "-m", "prefix_jax.main", args[0], f"--config=experiments/xsum_tiny.py:{directory}",
+         f"--workdir={workdir}", "--config.train.num_steps=20", "--config.train.eval_every=10", *args[1:]],
         cwd=ROOT, capture_output=True, text=True, check=True, timeout=900,
     )
     main("train", "--config.decode.after_training=True")

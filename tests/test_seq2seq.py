@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from experiments import common, xsum_tiny
-from prefix_jax import bart_prefix, decode, train
+from prefix_jax import bart_prefix, convert, decode, train
 from prefix_jax.data import pipeline, sources, xsum
 from prefix_jax.data import tokenizer as tokenizer_lib
 from prefix_jax.data.records import DataError
@@ -192,3 +192,23 @@ def test_main_trains_and_decodes_dev_and_test_with_rouge(tmp_path):
         assert set(result["scores"]) == {"rouge1", "rouge2", "rougeL"}
         assert "R-1" in (workdir / "generations" / f"{split}_metrics.md").read_text()
         assert len((workdir / "generations" / f"{split}.txt").read_text().splitlines()) == inputs
+
+
+def test_hf_checkpoint_loads_a_bart_directory(tmp_path):
+    """config.hf_checkpoint reads a Hugging Face BART directory through convert.py (parity extra)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    import hf_tiny
+
+    hf_tiny.bart().save_pretrained(tmp_path)
+    config = common.base_config()
+    config.model = common.bart_model(vocab_size=97, d_model=32, d_ff=64, max_len=64)
+    config.prefix.update(kind="kv", length=3, reparam_dim=8)
+    config.hf_checkpoint = str(tmp_path)
+    _, state = train.create(config)
+    _, expected = convert.load(str(tmp_path))
+    for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(state.params["base"])):
+        np.testing.assert_array_equal(a, np.asarray(b))
+    config.model.d_ff = 128
+    with pytest.raises(convert.CheckpointFormatError, match="d_ff: checkpoint 64, config 128"):
+        train.create(config)

@@ -12,9 +12,20 @@ from prefix_jax import sharding
 def base_lm_model() -> ml_collections.ConfigDict:
     """The embedded pre-trained model's architecture (data/base_lm/config.json)."""
     return ml_collections.ConfigDict(
-        dict(vocab_size=4096, num_layers=4, num_heads=4, d_model=256, d_ff=1024, max_len=512,
+        dict(family="gpt2", vocab_size=4096, num_layers=4, num_heads=4, d_model=256, d_ff=1024, max_len=512,
              dropout_rate=0.0, tie_embeddings=True, adapter_dim=0)
     )
+
+
+def bart_model(**dims) -> ml_collections.ConfigDict:
+    """An encoder-decoder's model section (models/bart.py). Each family has its own fields, so a
+    field of another family (`--config.model.num_layers` on BART) is an unknown-field error."""
+    fields = dict(family="bart", vocab_size=257, encoder_layers=2, decoder_layers=2, num_heads=4, d_model=64,
+                  d_ff=256, max_len=1024, scale_embedding=False)
+    unknown = set(dims) - set(fields)
+    if unknown:
+        raise ValueError(f"bart_model got unknown fields {sorted(unknown)}; expected some of {sorted(fields)}.")
+    return ml_collections.ConfigDict(fields | dims)
 
 
 def base_config(arg=None) -> ml_collections.ConfigDict:
@@ -23,6 +34,7 @@ def base_config(arg=None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.model = ml_collections.ConfigDict(
         dict(
+            family="gpt2",  # gpt2 (decoder-only; these fields) | bart (encoder-decoder: bart_model())
             vocab_size=257,  # The byte tokenizer: 256 bytes + <|endoftext|>.
             num_layers=2,
             num_heads=4,
@@ -69,7 +81,7 @@ def base_config(arg=None) -> ml_collections.ConfigDict:
     )
     config.data = ml_collections.ConfigDict(
         dict(
-            name="webnlg",  # webnlg | e2e | dart | copy | text | tfds:{web_nlg,e2e_cleaned,dart,xsum}
+            name="webnlg",  # webnlg | e2e | dart | xsum | copy | text | tfds:{web_nlg,e2e_cleaned,dart,xsum}
             train_path="data/webnlg2017_train_dev.tar.xz",
             dev_path="data/webnlg2017_train_dev.tar.xz",
             test_path="",  # decode.split=test reads it (WebNLG 2017 test: webnlg2017/test/**/*.xml)
@@ -77,6 +89,8 @@ def base_config(arg=None) -> ml_collections.ConfigDict:
             tokenizer="byte",  # "byte" or a tokenizer.json path
             bucket_size=64,
             block_len=256,  # text only: tokens per pre-training block
+            max_source_len=512,  # encoder-decoder only: source tokens kept (with BOS/EOS)
+            max_target_len=60,  # encoder-decoder only: target tokens kept (with BOS/EOS) for train and dev loss
             num_train=0,  # 0 = all examples (inputs, not pairs; blocks for text)
             num_dev=0,
             num_test=0,

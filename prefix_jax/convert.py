@@ -362,9 +362,8 @@ def load_params(path: str, expected) -> dict:
         raise CheckpointFormatError(
             f"The checkpoint in {path!r} is a {type(config).__name__}; this run needs a {type(expected).__name__}."
         )
-    run_fields = dict(dropout_rate=expected.dropout_rate, dtype=expected.dtype)
-    if hasattr(expected, "adapter_dim"):  # GPT-2 only.
-        run_fields["adapter_dim"] = expected.adapter_dim
+    run_fields = {name: getattr(expected, name) for name in ("dropout_rate", "dtype", "adapter_dim")
+                  if hasattr(expected, name)}
     same_run = dataclasses.replace(config, **run_fields)
     if same_run != expected:
         differ = [

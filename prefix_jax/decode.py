@@ -9,6 +9,10 @@ fast. It is the oracle the cached decoders below are tested against.
 `generate` is the fast path: greedy, beam search or sampling over a static-shape KV
 cache, with the task's prefix compiled once to K/V (`serve`) and, for multi-tenant
 serving, a bank of prefixes gathered per row (`prefix_bank`, `task_ids=`).
+
+`generate_seq2seq` decodes an encoder-decoder (BART) with the same strategies: the
+encoder runs once, each decoder layer's cross-attention K/V are computed once, and the
+decoder reads one token per step over a self-attention KV cache; one task per call.
 """
 
 import dataclasses
@@ -20,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prefix_jax import prefix as prefix_lib
-from prefix_jax.models import gpt2
+from prefix_jax.models import bart, gpt2
 
 
 def left_pad(sequences: list[np.ndarray], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -272,10 +276,60 @@ def _generate(base_params, served, tokens, attention_mask, rng, *, model, option
     logits, cache, cache_valid, lengths, slot = _prefill(
         model, base_params, served, tokens, attention_mask, options.max_new_tokens
     )
-    state = (logits[:, -1], cache, cache_valid, lengths, slot)
+
+    def step(rows, token, t):
+        cache, cache_valid, lengths = rows
+        logits, cache = _feed(model, base_params, served, cache, cache_valid, token, lengths + t, slot + t)
+        return logits, (cache, cache_valid, lengths)
+
+    return _search(step, logits[:, -1], (cache, cache_valid, lengths), options, eos_id, rng)
+
+
+def generate_seq2seq(base_params, prefix: dict, tokens, attention_mask, prompt: Sequence[int], *,
+                     model: bart.Bart, options: Options, eos_id: int, rng=None):
+    """New tokens [batch, max_new_tokens] (EOS after a row's end) of an encoder-decoder.
+
+    prefix: `bart_prefix.serve(...)` ({} for none), one task for every row. tokens,
+    attention_mask: [batch, source_len] sources (any padding side). prompt: the decoder's
+    first tokens, the same for every row (`pipeline.decoder_prompt`); generated tokens follow
+    it. The decoder keeps a KV cache (see module docstring). rng: needed for 'sample'.
+    """
+    if attention_mask.shape != tokens.shape:
+        raise ValueError(f"attention_mask {attention_mask.shape} must have the tokens' shape {tokens.shape}.")
+    for length, side in ((tokens.shape[1], "Source"), (len(prompt) + options.max_new_tokens, "Decoder prompt + new")):
+        if length > model.config.max_len:
+            raise ValueError(f"{side} length {length} exceeds max_len {model.config.max_len}.")
+    if options.strategy == "sample" and rng is None:
+        raise ValueError("strategy='sample' needs an rng key.")
+    rng = jax.random.key(0) if rng is None else rng  # Unused by greedy and beam search.
+    return _generate_seq2seq(base_params, prefix, tokens, attention_mask, jnp.asarray(prompt, jnp.int32), rng,
+                             model=model, options=options, eos_id=eos_id)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "options", "eos_id"))
+def _generate_seq2seq(base_params, prefix, tokens, attention_mask, prompt, rng, *, model, options, eos_id):
+    variables = {"params": base_params}
+    memory = model.apply(variables, tokens, attention_mask, prefix, method=bart.Bart.encode)
+    cache = model.apply(variables, memory, len(prompt) + options.max_new_tokens, method=bart.Bart.init_cache)
+    prompt = jnp.broadcast_to(prompt, (tokens.shape[0], len(prompt)))
+    decode_step = functools.partial(model.apply, variables, prefix=prefix, method=bart.Bart.decode_step)
+    logits, cache = decode_step(prompt, cache, 0, attention_mask)
+
+    def step(rows, token, t):
+        cache, memory_valid = rows
+        logits, cache = decode_step(token[:, None], cache, prompt.shape[1] + t, memory_valid)
+        return logits[:, 0], (cache, memory_valid)
+
+    return _search(step, logits[:, -1], (cache, attention_mask), options, eos_id, rng)
+
+
+def _search(step, logits, rows, options, eos_id, rng):
+    """Greedy, sampling or beam search from the first logits [rows, vocab]. `rows`: a pytree
+    with a leading rows axis (the cache, and whatever else each row carries; beam search
+    tiles and reorders it); `step(rows, token [rows], t) -> (logits, rows)` feeds token t."""
     if options.strategy == "beam":
-        return _beam_search(model, base_params, served, state, options, eos_id)
-    return _greedy_or_sample(model, base_params, served, state, options, eos_id, rng)
+        return _beam_search(step, logits, rows, options, eos_id)
+    return _greedy_or_sample(step, logits, rows, options, eos_id, rng)
 
 
 def _prefix_entries(served: dict):
@@ -349,8 +403,7 @@ def _filter_logits(logits, options: Options):
     return logits
 
 
-def _greedy_or_sample(model, base_params, served, state, options, eos_id, rng):
-    logits, cache, cache_valid, lengths, slot = state
+def _greedy_or_sample(step, logits, cache, options, eos_id, rng):
     rows, steps = logits.shape[0], options.max_new_tokens
 
     def choose(logits, generated, t):
@@ -364,7 +417,7 @@ def _greedy_or_sample(model, base_params, served, state, options, eos_id, rng):
         chosen = jnp.where(done, eos_id, choose(logits, generated, t)).astype(generated.dtype)
         generated = generated.at[:, t].set(chosen)
         done = done | (chosen == eos_id)
-        logits, cache = _feed(model, base_params, served, cache, cache_valid, chosen, lengths + t, slot + t)
+        logits, cache = step(cache, chosen, t)
         return t + 1, logits, cache, generated, done
 
     carry = (0, logits, cache, jnp.full((rows, steps), eos_id, jnp.int32), jnp.zeros((rows,), bool))
@@ -372,7 +425,7 @@ def _greedy_or_sample(model, base_params, served, state, options, eos_id, rng):
     return carry[3]
 
 
-def _beam_search(model, base_params, served, state, options, eos_id):
+def _beam_search(step, logits, cache, options, eos_id):
     """Beam search over [batch, beams] with a cache of batch * beams rows.
 
     The prefix stays [groups, n, ...] (one task, or one per source row): beams of a row
@@ -380,13 +433,12 @@ def _beam_search(model, base_params, served, state, options, eos_id):
     the best `beams`) join the row's finished pool (best beams by normalised score), the
     others become the live beams. At the end live beams count as finished at full length.
     """
-    logits, cache, cache_valid, lengths, slot = state
     batch, vocab = logits.shape
     beams, steps = options.beam_size, options.max_new_tokens
     if 2 * beams > beams * vocab:
         raise ValueError(f"beam_size {beams} needs a vocabulary of at least 2 tokens, got {vocab}.")
     tile = lambda x: jnp.repeat(x, beams, axis=0)  # [batch, ...] -> [batch * beams, ...]
-    cache, cache_valid, lengths = jax.tree.map(tile, (cache, cache_valid, lengths))
+    cache = jax.tree.map(tile, cache)
     neg_inf = jnp.float32(-jnp.inf)
     normalise = lambda score, length: score / jnp.power(length.astype(jnp.float32), options.length_penalty)
 
@@ -422,7 +474,7 @@ def _beam_search(model, base_params, served, state, options, eos_id):
             done = done | (full & (fin_score[:, -1] >= best_reachable))
         alive_score = jnp.where(done[:, None], neg_inf, alive_score)
         chosen = alive[:, :, t].reshape(-1)
-        logits, cache = _feed(model, base_params, served, cache, cache_valid, chosen, lengths + t, slot + t)
+        logits, cache = step(cache, chosen, t)
         return t + 1, logits, cache, alive, alive_score, fin, fin_score, done
 
     alive = jnp.full((batch, beams, steps), eos_id, jnp.int32)

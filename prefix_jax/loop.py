@@ -18,7 +18,7 @@ import numpy as np
 import tensorboardX
 from absl import logging
 
-from prefix_jax import checkpoint, sharding, trainable
+from prefix_jax import bart_prefix, checkpoint, sharding, trainable
 from prefix_jax import decode as decode_lib
 from prefix_jax import metrics
 from prefix_jax import prefix as prefix_lib
@@ -58,9 +58,17 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, train_data: bool =
             f"The tokenizer has {tokenizer.get_vocab_size()} tokens but model.vocab_size is "
             f"{config.model.vocab_size}; raise vocab_size or use a smaller tokenizer."
         )
-    encode = lambda split: pipeline.encode_split(config.data, split, tokenizer, config.model.max_len)
+    if config.model.family == "bart":
+        d = config.data
+        encode = lambda split: pipeline.encode_seq2seq(
+            sources.read(d, split), tokenizer, d.max_source_len, d.max_target_len)
+        pad = pipeline.seq2seq_padder(pipeline.bucket_width(d.max_target_len, d.bucket_size), tokenizer_lib.pad_id(tokenizer))
+    else:
+        encode = lambda split: pipeline.encode_split(config.data, split, tokenizer, config.model.max_len)
+        pad = pipeline.pad_lm
     make_batches = lambda split, shuffle: pipeline.Batches(
-        encode(split), config.train.batch_size, config.data.bucket_size, seed=config.train.seed, shuffle=shuffle
+        encode(split), config.train.batch_size, config.data.bucket_size, seed=config.train.seed, shuffle=shuffle,
+        pad=pad,
     )
     train_batches = make_batches("train", True) if train_data else None
     dev_batches = make_batches("dev", False) if dev_data else None
@@ -171,7 +179,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "base_params": prefix_lib.num_params(gpt2.split_adapters(state.params["base"])[0]),
     }
     if run.exp.spec is not None:
-        summary["prefix_params"] = prefix_lib.count_params(run.exp.spec, run.exp.model.config, state.params["base"])
+        counter = bart_prefix if config.model.family == "bart" else prefix_lib
+        summary["prefix_params"] = counter.count_params(run.exp.spec, run.exp.model.config, state.params["base"])
     logging.info("Parameters: %s", summary)
     logging.info("Train: %d batches per epoch; dev: %d batches.", run.train_batches.batches_per_epoch,
                  run.dev_batches.batches_per_epoch)
@@ -278,6 +287,50 @@ def decode_options(c: ml_collections.ConfigDict) -> decode_lib.Options:
     )
 
 
+def _pad_rows(sequences: list, width: int, left: bool) -> tuple[np.ndarray, np.ndarray]:
+    """tokens, attention_mask [rows, width]. Decoder-only sources are left-padded (generation
+    continues them); BART's are right-padded, as in training (its positions count from column 0)."""
+    tokens, mask = np.zeros((len(sequences), width), np.int32), np.zeros((len(sequences), width), np.int32)
+    for row, sequence in enumerate(sequences):
+        columns = slice(width - len(sequence), width) if left else slice(0, len(sequence))
+        tokens[row, columns], mask[row, columns] = sequence, 1
+    return tokens, mask
+
+
+def _generate(config, exp: Experiment, params: dict, tokenizer, inputs: list[Example]) -> list[list[int]]:
+    """Generated token ids (up to EOS) for every input, in batches of decode.batch_size.
+
+    Decoder-only: the source in the training format, left-padded, continued with the KV-cache
+    decoder. Encoder-decoder: the source as the encoder read it in training
+    (`data.max_source_len`), the decoder started from `pipeline.decoder_prompt`.
+    """
+    c = config.decode
+    options, eos = decode_options(c), tokenizer_lib.eos_id(tokenizer)
+    if config.model.family == "bart":
+        served = bart_prefix.serve(exp.spec, params.get("prefix", {}), exp.model.config)
+        prompt = pipeline.decoder_prompt(tokenizer)
+        sources = [pipeline.encode_seq2seq_side(tokenizer, e.source, config.data.max_source_len)[0] for e in inputs]
+        room = config.data.max_source_len
+        run = lambda tokens, mask, rng: decode_lib.generate_seq2seq(
+            params["base"], served, tokens, mask, prompt, model=exp.model, options=options, eos_id=eos, rng=rng)
+    else:
+        served = decode_lib.serve(exp.spec, params.get("prefix", {}), exp.model, params["base"])
+        room = config.model.max_len - c.max_new_tokens
+        sources = [pipeline.encode_source(tokenizer, example.source)[-room:] for example in inputs]
+        run = lambda tokens, mask, rng: decode_lib.generate(
+            params["base"], served, tokens, mask, model=exp.model, options=options, eos_id=eos, rng=rng)
+    generations = []
+    for start in range(0, len(sources), c.batch_size):
+        chunk = sources[start : start + c.batch_size]
+        chunk += [chunk[0]] * (c.batch_size - len(chunk))  # One batch shape for every chunk.
+        width = min(pipeline.bucket_width(max(map(len, chunk)), config.data.bucket_size), room)
+        tokens, mask = _pad_rows(chunk, width, left=config.model.family != "bart")
+        new = run(tokens, mask, jax.random.fold_in(jax.random.key(c.seed), start))
+        generations += decode_lib.strip_after_eos(new, eos)[: len(sources) - start]
+        logging.info("decoded %d/%d inputs", min(start + c.batch_size, len(sources)), len(sources))
+    return generations
+
+
 def decode(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Generations of the best checkpoint for every distinct input of `config.decode.split`.
 
@@ -289,34 +342,16 @@ def decode(config: ml_collections.ConfigDict, workdir: str) -> dict:
     Single-process only.
     """
     c = config.decode
-    options = decode_options(c)
     run = setup(config, workdir, train_data=False, dev_data=False)  # Decoding reads inputs whole.
     params, meta = restore_best(run)
-    served = decode_lib.serve(run.exp.spec, params.get("prefix", {}), run.exp.model, params["base"])
     tokenizer = tokenizer_lib.load(config.data.tokenizer)
-    eos = tokenizer_lib.eos_id(tokenizer)
     merged: dict[str, Example] = {}
     for example in sources.read(config.data, c.split):
         first = merged.setdefault(example.source, example)
         if first is not example:
             merged[example.source] = dataclasses.replace(first, references=first.references + example.references)
     inputs = list(merged.values())
-    room = config.model.max_len - c.max_new_tokens
-    prompts = [pipeline.encode_source(tokenizer, example.source)[-room:] for example in inputs]
-    generations = []
-    for start in range(0, len(prompts), c.batch_size):
-        chunk = prompts[start : start + c.batch_size]
-        chunk += [chunk[0]] * (c.batch_size - len(chunk))  # One batch shape for every chunk.
-        tokens, mask = decode_lib.left_pad([np.array(p) for p in chunk])
-        width = min(pipeline.bucket_width(tokens.shape[1], config.data.bucket_size), room)
-        tokens, mask = (np.pad(a, ((0, 0), (width - a.shape[1], 0))) for a in (tokens, mask))
-        new = decode_lib.generate(
-            params["base"], served, tokens, mask, model=run.exp.model, options=options, eos_id=eos,
-            rng=jax.random.fold_in(jax.random.key(c.seed), start),
-        )
-        generations += decode_lib.strip_after_eos(new, eos)[: len(prompts) - start]
-        logging.info("decoded %d/%d inputs", min(start + c.batch_size, len(prompts)), len(prompts))
-    texts = [tokenizer.decode(ids).strip() for ids in generations]
+    texts = [tokenizer.decode(ids).strip() for ids in _generate(config, run.exp, params, tokenizer, inputs)]
     out_dir = os.path.join(workdir, "generations")
     os.makedirs(out_dir, exist_ok=True)
     path = lambda suffix: os.path.join(out_dir, f"{c.split}{suffix}")

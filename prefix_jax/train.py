@@ -15,11 +15,14 @@ import ml_collections
 import optax
 from flax import struct
 
-from prefix_jax import convert, sharding, trainable
+from prefix_jax import bart_prefix, convert, sharding, trainable
 from prefix_jax import prefix as prefix_lib
-from prefix_jax.models import gpt2, weights
+from prefix_jax.models import bart, gpt2, weights
 
-Batch = dict  # tokens, attention_mask, loss_mask: [batch, len] int32 / int32 / float32
+# Decoder-only: tokens, attention_mask, loss_mask [batch, len] int32 / int32 / float32.
+# Encoder-decoder: tokens, attention_mask [batch, m_enc]; decoder_tokens, labels,
+# decoder_attention_mask [batch, m_dec] (pipeline.seq2seq_padder).
+Batch = dict
 
 
 @struct.dataclass
@@ -47,21 +50,32 @@ def make_optimizer(train_config: ml_collections.ConfigDict, labels: dict):
     return trainable.masked_optimizer(inner, labels), schedule
 
 
-def token_nll(logits: jax.Array, batch: Batch) -> tuple[jax.Array, jax.Array]:
-    """Summed next-token NLL over target tokens, and their count.
-
-    Position t predicts token t+1; only tokens with loss_mask = 1 (targets, not
-    the source or padding) count.
-    """
+def _targets(logits: jax.Array, batch: Batch):
+    """(logits, target ids, weights [batch, len]) aligned: decoder-only position t predicts
+    token t+1 where loss_mask = 1 (targets, not the source or padding); an encoder-decoder's
+    decoder position t predicts labels[t] where decoder_attention_mask = 1."""
+    if "labels" in batch:
+        return logits, batch["labels"], batch["decoder_attention_mask"].astype(jnp.float32)
     weights = (batch["loss_mask"][:, 1:] * batch["attention_mask"][:, 1:]).astype(jnp.float32)
-    nll = optax.softmax_cross_entropy_with_integer_labels(
-        logits[:, :-1].astype(jnp.float32), batch["tokens"][:, 1:]
-    )
+    return logits[:, :-1], batch["tokens"][:, 1:], weights
+
+
+def token_nll(logits: jax.Array, batch: Batch) -> tuple[jax.Array, jax.Array]:
+    """Summed next-token NLL over target tokens, and their count."""
+    logits, targets, weights = _targets(logits, batch)
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
     return jnp.sum(nll * weights), jnp.sum(weights)
 
 
 def forward(params, batch, rng, *, model, spec, deterministic):
-    """Logits [batch, len, vocab] of the base model with the prefix in `params`."""
+    """Logits [batch, len, vocab] of the base model with the prefix in `params` (an
+    encoder-decoder's: of its decoder positions; BART here has no dropout)."""
+    if isinstance(model, bart.Bart):
+        return model.apply(
+            {"params": params["base"]}, batch["tokens"], batch["decoder_tokens"],
+            attention_mask=batch["attention_mask"], decoder_attention_mask=batch["decoder_attention_mask"],
+            **bart_prefix.model_inputs(spec, params.get("prefix", {}), model.config),
+        )
     return model.apply(
         {"params": params["base"]},
         batch["tokens"],
@@ -88,8 +102,7 @@ def loss_fn(trainable_params, frozen_params, batch, rng, *, model, spec, per="to
     token_loss = loss_sum / jnp.maximum(weight, 1.0)
     if per == "token":
         return token_loss, (token_loss, weight)
-    targets = batch["loss_mask"][:, 1:] * batch["attention_mask"][:, 1:]
-    sequences = jnp.sum(jnp.any(targets > 0, axis=1))
+    sequences = jnp.sum(jnp.any(_targets(logits, batch)[2] > 0, axis=1))
     return loss_sum / jnp.maximum(sequences, 1), (token_loss, weight)
 
 
@@ -120,7 +133,7 @@ def eval_step(params: dict, batch: Batch, *, model, spec) -> dict:
 class Experiment:
     """Everything static about a run, built from its config."""
 
-    model: gpt2.GPT2
+    model: gpt2.GPT2 | bart.Bart
     spec: Optional[prefix_lib.PrefixSpec]
     loss_per: str  # "token" or "sequence" (see loss_fn)
     labels: dict
@@ -130,8 +143,26 @@ class Experiment:
     state_shardings: TrainState  # A TrainState whose leaves are NamedShardings.
 
 
-def model_config(config: ml_collections.ConfigDict) -> gpt2.GPT2Config:
-    return gpt2.GPT2Config(**config.model.to_dict())
+FAMILIES = {"gpt2": gpt2.GPT2Config, "bart": bart.BartConfig}
+
+
+def model_config(config: ml_collections.ConfigDict):
+    """The model's frozen config (GPT2Config or BartConfig), picked by config.model.family."""
+    fields = config.model.to_dict()
+    family = fields.pop("family")
+    if family not in FAMILIES:
+        raise ValueError(f"Unknown model.family {family!r}; expected one of {sorted(FAMILIES)}.")
+    cls = FAMILIES[family]
+    known = {f.name for f in dataclasses.fields(cls)} - {"dtype"}
+    required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
+    if wrong := sorted(set(fields) - known):
+        raise ValueError(
+            f"config.model has fields {wrong} that a {family} model does not take (it takes {sorted(known)}); "
+            f"start the model section from experiments/common.py's {family} fields."
+        )
+    if missing := sorted(required - set(fields)):
+        raise ValueError(f"config.model lacks {missing}, which a {family} model needs.")
+    return cls(**fields)
 
 
 def prefix_spec(config: ml_collections.ConfigDict) -> Optional[prefix_lib.PrefixSpec]:
@@ -149,6 +180,10 @@ def prefix_spec(config: ml_collections.ConfigDict) -> Optional[prefix_lib.Prefix
 
 
 def init_prefix(config, spec, model, base_params, rng) -> dict:
+    if isinstance(model, bart.Bart):
+        if config.prefix.init != "random":
+            raise ValueError(f"prefix.init={config.prefix.init!r} is not defined for an encoder-decoder; use 'random'.")
+        return bart_prefix.init_random(spec, model.config, rng)
     if config.prefix.init == "random":
         return prefix_lib.init_random(spec, model.config, rng)
     if config.prefix.init == "words":
@@ -162,8 +197,8 @@ def create(config: ml_collections.ConfigDict, base_params: Optional[dict] = None
     """Builds the Experiment and the initial TrainState, laid out on `mesh`.
 
     `base_params` are the frozen pre-trained weights; when None they are read from
-    `config.base_weights` (a directory written by `models.weights.save`) or
-    `config.hf_checkpoint` (a Hugging Face GPT-2 directory, see convert.py), or, when
+    `config.base_weights` (a directory written by `models.weights.save`; GPT-2 family) or
+    `config.hf_checkpoint` (a Hugging Face GPT-2 or BART directory, see convert.py), or, when
     both are empty, initialised at random directly sharded (never materialised whole
     on one device). Loaded weights get fresh adapters when `model.adapter_dim` asks for
     them. The mesh defaults to the first device alone.
@@ -172,10 +207,16 @@ def create(config: ml_collections.ConfigDict, base_params: Optional[dict] = None
         raise ValueError(f"Unknown train.loss_per {config.train.loss_per!r}; expected one of {LOSS_PER}.")
     mesh = mesh or sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
     replicated = sharding.replicated(mesh)
-    model = gpt2.GPT2(model_config(config))
+    family = bart if config.model.family == "bart" else gpt2
+    model = bart.Bart(model_config(config)) if family is bart else gpt2.GPT2(model_config(config))
     spec = prefix_spec(config)
+    if family is bart and (config.train.mode == "top_k" or config.base_weights):
+        raise ValueError(
+            "An encoder-decoder trains in mode 'prefix' or 'full' from hf_checkpoint (or random weights); "
+            f"got train.mode={config.train.mode!r}, base_weights={config.base_weights!r}."
+        )
     base_rng, prefix_rng = jax.random.split(jax.random.key(config.train.seed))
-    base_shardings = sharding.base_param_shardings(gpt2.logical_axes(model), mesh, config.sharding.rules)
+    base_shardings = sharding.base_param_shardings(family.logical_axes(model), mesh, config.sharding.rules)
     if config.base_weights and config.hf_checkpoint:
         raise ValueError(
             f"Both base_weights ({config.base_weights!r}) and hf_checkpoint ({config.hf_checkpoint!r}) "
@@ -186,7 +227,7 @@ def create(config: ml_collections.ConfigDict, base_params: Optional[dict] = None
     if base_params is None and config.hf_checkpoint:
         base_params = convert.load_params(config.hf_checkpoint, model.config)
     if base_params is None:
-        init = jax.jit(lambda key: gpt2.init_params(model, key), out_shardings=base_shardings)
+        init = jax.jit(lambda key: family.init_params(model, key), out_shardings=base_shardings)
         base_params = init(base_rng)
     else:
         base_params = gpt2.add_adapters(model, base_params, jax.random.fold_in(base_rng, 1))
@@ -196,7 +237,7 @@ def create(config: ml_collections.ConfigDict, base_params: Optional[dict] = None
         prefix_params = init_prefix(config, spec, model, base_params, prefix_rng)
         params["prefix"] = jax.device_put(prefix_params, replicated)
     labels = trainable.label_params(
-        params, config.train.mode, num_layers=model.config.num_layers, top_k=config.train.top_k
+        params, config.train.mode, num_layers=getattr(model.config, "num_layers", 0), top_k=config.train.top_k
     )
     tx, schedule = make_optimizer(config.train, labels)
     params_shardings = sharding.param_shardings(params, base_shardings, mesh)

@@ -1,10 +1,10 @@
-"""The GPT-2 medium paper-setting configs hold the paper's hyper-parameters (no torch needed)."""
+"""The paper-setting configs (GPT-2 medium, BART-large) hold the paper's hyper-parameters (no torch needed)."""
 
 import pytest
 
-from experiments import dart_gpt2_medium, e2e_gpt2_medium, webnlg_gpt2_medium
+from experiments import dart_gpt2_medium, e2e_gpt2_medium, webnlg_gpt2_medium, xsum_bart_large
 from prefix_jax import train
-from prefix_jax.models import gpt2
+from prefix_jax.models import bart, gpt2
 
 
 @pytest.mark.parametrize(
@@ -27,3 +27,21 @@ def test_paper_configs(module, lr, length, batch, steps):
     assert (config.train.loss_per, config.train.warmup_steps, config.train.seed) == ("sequence", 0, 101)
     with pytest.raises(ValueError, match="Give the Hugging Face GPT-2 medium directory"):
         module.get_config()
+
+
+def test_xsum_bart_large_config():
+    config = xsum_bart_large.get_config("/models/bart-large")
+    assert train.model_config(config) == bart.BartConfig(
+        vocab_size=50265, encoder_layers=12, decoder_layers=12, num_heads=16, d_model=1024, d_ff=4096, max_len=1024
+    )
+    assert config.hf_checkpoint == "/models/bart-large" and config.data.tokenizer == "/models/bart-large/tokenizer.json"
+    assert (config.prefix.kind, config.prefix.length, config.prefix.reparam_dim) == ("kv", 100, 800)
+    assert (config.train.lr, config.train.batch_size, config.train.num_steps) == (5e-5, 16, 30 * 12752)
+    assert (config.data.name, config.data.max_source_len, config.data.max_target_len) == ("xsum", 512, 60)
+    d = config.decode
+    assert (d.strategy, d.beam_size, d.length_penalty, d.no_repeat_ngram_size, d.max_new_tokens) == ("beam", 6, 0.8, 3, 98)
+    with pytest.raises(ValueError, match="Give the Hugging Face BART-large directory"):
+        xsum_bart_large.get_config()
+    config.lock()  # As main.py loads it: a GPT-2 field on a BART model is unknown.
+    with pytest.raises(AttributeError, match="num_layers"):
+        config.model.num_layers = 3

@@ -7,6 +7,12 @@ sequence per (input, reference) pair.
 Plain-text corpora (`data.name = "text"`, for pre-training) are instead cut into
 blocks of `data.block_len` tokens with every token in the loss.
 
+Encoder-decoder models (BART) get the source as encoder tokens, `[BOS] source [EOS]` cut
+to `data.max_source_len`, and the target as labels `[BOS] target [EOS]` cut to
+`data.max_target_len`, with decoder input `[EOS] + labels[:-1]` (BART's
+decoder_start_token_id is its EOS, and Hugging Face's tokenizer adds BOS/EOS this way);
+tokenizers without a BOS (byte-level) simply leave it out.
+
 Batch order is a pure function of (seed, epoch), so the data position of a run is
 just its step number: resuming at step s replays exactly the batches an
 uninterrupted run would have seen.
@@ -14,7 +20,7 @@ uninterrupted run would have seen.
 
 import math
 import os
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from absl import logging
@@ -25,6 +31,8 @@ from prefix_jax.data import tokenizer as tokenizer_lib
 from prefix_jax.data.records import Example
 
 Encoded = tuple[np.ndarray, np.ndarray]  # tokens [len] int32, loss_mask [len] float32
+# Encoder-decoder: source tokens [m_enc], decoder input [m_dec], labels [m_dec] (int32).
+Seq2SeqEncoded = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def _segment(tokenizer: Tokenizer, text: str) -> list[int]:
@@ -89,26 +97,102 @@ def encode_split(data_config, split: str, tokenizer: Tokenizer, max_len: int) ->
     return blocks[:limit] if limit > 0 else blocks
 
 
+def encode_seq2seq_side(tokenizer: Tokenizer, text: str, max_len: int) -> tuple[list[int], bool]:
+    """(`[BOS] text [EOS]` cut to `max_len` tokens keeping BOS and EOS, whether it was cut)."""
+    bos, eos = tokenizer_lib.bos_id(tokenizer), tokenizer_lib.eos_id(tokenizer)
+    head = [] if bos is None else [bos]
+    ids = tokenizer.encode(text, add_special_tokens=False).ids
+    room = max_len - len(head) - 1
+    return head + ids[:room] + [eos], len(ids) > room
+
+
+def decoder_prompt(tokenizer: Tokenizer) -> list[int]:
+    """What the decoder reads before the first generated token: decoder start (EOS), then BOS
+    where the tokenizer has one (as Hugging Face's forced_bos_token_id does for BART)."""
+    bos = tokenizer_lib.bos_id(tokenizer)
+    return [tokenizer_lib.eos_id(tokenizer)] + ([] if bos is None else [bos])
+
+
+def encode_seq2seq(examples: Sequence[Example], tokenizer: Tokenizer, max_source_len: int,
+                   max_target_len: int) -> list[Seq2SeqEncoded]:
+    """One (source, decoder input, labels) per (input, reference); cut sides are counted."""
+    encoded, cut = [], [0, 0]
+    for example in examples:
+        source, source_cut = encode_seq2seq_side(tokenizer, example.source, max_source_len)
+        for reference in example.references:
+            labels, target_cut = encode_seq2seq_side(tokenizer, reference, max_target_len)
+            decoder = [tokenizer_lib.eos_id(tokenizer)] + labels[:-1]
+            encoded.append(tuple(np.array(x, np.int32) for x in (source, decoder, labels)))
+            cut[0] += source_cut
+            cut[1] += target_cut
+    if any(cut):
+        logging.info("Cut %d sources to %d tokens and %d targets to %d tokens (of %d pairs).",
+                     cut[0], max_source_len, cut[1], max_target_len, len(encoded))
+    return encoded
+
+
 def bucket_width(length: int, bucket_size: int) -> int:
     """`length` rounded up to a multiple of `bucket_size`: few distinct shapes to compile."""
     return bucket_size * math.ceil(length / bucket_size)
 
 
+def pad_lm(rows: Sequence[Encoded], batch_size: int, width: int) -> dict:
+    """Decoder-only rows as tokens, attention_mask, loss_mask [batch_size, width]."""
+    tokens = np.zeros((batch_size, width), np.int32)
+    loss_mask = np.zeros((batch_size, width), np.float32)
+    attention_mask = np.zeros((batch_size, width), np.int32)
+    for row, (seq_tokens, seq_mask) in enumerate(rows):
+        tokens[row, : len(seq_tokens)] = seq_tokens
+        loss_mask[row, : len(seq_tokens)] = seq_mask
+        attention_mask[row, : len(seq_tokens)] = 1
+    return {"tokens": tokens, "attention_mask": attention_mask, "loss_mask": loss_mask}
+
+
+def seq2seq_padder(decoder_width: int, pad_id: int = 0) -> Callable[[Sequence[Seq2SeqEncoded], int, int], dict]:
+    """Pads encoder-decoder rows: tokens, attention_mask [batch, width] (the source's bucket)
+    and decoder_tokens, labels, decoder_attention_mask [batch, decoder_width] (one width for
+    every batch, so targets add no shapes to compile)."""
+
+    def pad(rows, batch_size, width):
+        out = {
+            "tokens": np.full((batch_size, width), pad_id, np.int32),
+            "attention_mask": np.zeros((batch_size, width), np.int32),
+            "decoder_tokens": np.full((batch_size, decoder_width), pad_id, np.int32),
+            "labels": np.full((batch_size, decoder_width), pad_id, np.int32),
+            "decoder_attention_mask": np.zeros((batch_size, decoder_width), np.int32),
+        }
+        for row, (source, decoder, labels) in enumerate(rows):
+            if len(labels) > decoder_width:
+                raise ValueError(f"A target of {len(labels)} tokens exceeds the decoder width {decoder_width}.")
+            out["tokens"][row, : len(source)] = source
+            out["attention_mask"][row, : len(source)] = 1
+            out["decoder_tokens"][row, : len(decoder)] = decoder
+            out["labels"][row, : len(labels)] = labels
+            out["decoder_attention_mask"][row, : len(labels)] = 1
+        return out
+
+    return pad
+
+
 class Batches:
     """Fixed-size batches of encoded sequences, each padded to its length bucket.
 
-    Sequences are grouped by length bucket (multiples of `bucket_size`), so few
-    shapes get compiled and little is padding. With `shuffle`, every epoch is a
+    Sequences are grouped by length bucket (multiples of `bucket_size`) of their first
+    field (the tokens, or an encoder-decoder's source), so few shapes get compiled and
+    little is padding. `pad` turns a bucket's rows into the batch dict (`pad_lm`, or
+    `seq2seq_padder(...)` for encoder-decoder rows). With `shuffle`, every epoch is a
     fresh seed-determined order and each bucket's remainder is left out of that
     epoch; without it (evaluation) everything is kept in order, the last batch of
     a bucket filled with all-masked rows.
     """
 
-    def __init__(self, sequences: Sequence[Encoded], batch_size: int, bucket_size: int, *, seed: int, shuffle: bool):
+    def __init__(self, sequences: Sequence[Encoded | Seq2SeqEncoded], batch_size: int, bucket_size: int, *,
+                 seed: int, shuffle: bool, pad: Callable[[Sequence, int, int], dict] = pad_lm):
         if not sequences:
             raise ValueError("No sequences to batch; check the data paths and example limits.")
         self.sequences, self.batch_size, self.seed, self.shuffle = sequences, batch_size, seed, shuffle
-        widths = [bucket_width(len(tokens), bucket_size) for tokens, _ in sequences]
+        self.pad = pad
+        widths = [bucket_width(len(sequence[0]), bucket_size) for sequence in sequences]
         self.buckets = {w: np.flatnonzero(np.array(widths) == w) for w in sorted(set(widths))}
         count = lambda n: n // batch_size if shuffle else math.ceil(n / batch_size)
         self.batches_per_epoch = sum(count(len(members)) for members in self.buckets.values())
@@ -137,15 +221,7 @@ class Batches:
         return self._order_cache[epoch]
 
     def _pad(self, width: int, members: np.ndarray) -> dict:
-        tokens = np.zeros((self.batch_size, width), np.int32)
-        loss_mask = np.zeros((self.batch_size, width), np.float32)
-        attention_mask = np.zeros((self.batch_size, width), np.int32)
-        for row, index in enumerate(members):
-            seq_tokens, seq_mask = self.sequences[index]
-            tokens[row, : len(seq_tokens)] = seq_tokens
-            loss_mask[row, : len(seq_tokens)] = seq_mask
-            attention_mask[row, : len(seq_tokens)] = 1
-        return {"tokens": tokens, "attention_mask": attention_mask, "loss_mask": loss_mask}
+        return self.pad([self.sequences[index] for index in members], self.batch_size, width)
 
     def from_step(self, step: int) -> Iterator[dict]:
         """Endless batches, starting with global batch number `step`."""

@@ -1,17 +1,17 @@
 """One entry point to every data set: `read(data_config, split)` -> list of Examples.
 
 `data.name` is a reader of the original files (`webnlg`, `e2e`, `dart`: paths in
-`train_path` / `dev_path` / `test_path`), a TFDS builder (`tfds:web_nlg`, ...: prepared under
+`train_path` / `dev_path` / `test_path`; `xsum`: the directory of `{train,val,test}.{source,target}`), a TFDS builder (`tfds:web_nlg`, ...: prepared under
 `tfds_data_dir`), or the synthetic `copy` task. Plain-text pre-training corpora (`text`) are read by
 `pipeline.encode_split`, not as Examples.
 """
 
 import ml_collections
 
-from prefix_jax.data import dart, e2e, synthetic, tfds_sources, webnlg
+from prefix_jax.data import dart, e2e, synthetic, tfds_sources, webnlg, xsum
 from prefix_jax.data.records import Example
 
-SOURCES = ("webnlg", "e2e", "dart", "copy") + tuple(f"tfds:{name}" for name in tfds_sources.BUILDERS)
+SOURCES = ("webnlg", "e2e", "dart", "xsum", "copy") + tuple(f"tfds:{name}" for name in tfds_sources.BUILDERS)
 SPLITS = ("train", "dev", "test")
 
 
@@ -32,6 +32,8 @@ def read(config: ml_collections.ConfigDict, split: str) -> list[Example]:
         examples = e2e.read(path)
     elif config.name == "dart":
         examples = dart.read(path)
+    elif config.name == "xsum":
+        examples = xsum.read(path, split)
     elif config.name.startswith("tfds:"):
         examples = tfds_sources.read(config.name.removeprefix("tfds:"), split, config.tfds_data_dir)
     elif config.name == "copy":

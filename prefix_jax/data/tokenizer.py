@@ -36,7 +36,8 @@ def byte_level() -> Tokenizer:
 
 
 def load(name: str) -> Tokenizer:
-    """'byte', or the path of a tokenizer.json that has an `<|endoftext|>` token."""
+    """'byte', or the path of a tokenizer.json that has an `<|endoftext|>` token (GPT-2) or
+    BART's `</s>` (encoder-decoder runs)."""
     if name == "byte":
         return byte_level()
     if not os.path.isfile(name):
@@ -44,10 +45,26 @@ def load(name: str) -> Tokenizer:
             f"Tokenizer file {name!r} does not exist; give a tokenizer.json path or 'byte'."
         )
     tokenizer = Tokenizer.from_file(name)
-    if tokenizer.token_to_id(EOS) is None:
+    if tokenizer.token_to_id(EOS) is None and tokenizer.token_to_id(BART_EOS) is None:
         raise ValueError(f"Tokenizer {name!r} has no {EOS!r} token, which the data format needs.")
     return tokenizer
 
 
+BART_BOS, BART_EOS, BART_PAD = "<s>", "</s>", "<pad>"
+
+
 def eos_id(tokenizer: Tokenizer) -> int:
-    return tokenizer.token_to_id(EOS)
+    """`<|endoftext|>`, or BART's `</s>` where there is none."""
+    eos = tokenizer.token_to_id(EOS)
+    return tokenizer.token_to_id(BART_EOS) if eos is None else eos
+
+
+def bos_id(tokenizer: Tokenizer):
+    """BART's `<s>` (HF's tokenizer starts every source and target with it), or None."""
+    return tokenizer.token_to_id(BART_BOS)
+
+
+def pad_id(tokenizer: Tokenizer) -> int:
+    """BART's `<pad>`, else 0 (padding is always masked; the id only has to be valid)."""
+    pad = tokenizer.token_to_id(BART_PAD)
+    return 0 if pad is None else pad

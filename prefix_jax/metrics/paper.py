@@ -82,7 +82,7 @@ LAYOUTS = {
     "other": Layout((Column("BLEU", "bleu"), Column("TER ↓", "ter"), Column("R-L", "rougeL", 100)), text.score),
 }
 _DATA_SETS = {"webnlg": "webnlg", "tfds:web_nlg": "webnlg", "e2e": "e2e", "tfds:e2e_cleaned": "e2e",
-              "dart": "dart", "tfds:dart": "dart", "tfds:xsum": "xsum"}
+              "dart": "dart", "tfds:dart": "dart", "xsum": "xsum", "tfds:xsum": "xsum"}
 
 
 def layout_name(data_name: str) -> str:

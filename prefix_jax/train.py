@@ -230,7 +230,8 @@ def create(config: ml_collections.ConfigDict, base_params: Optional[dict] = None
         init = jax.jit(lambda key: family.init_params(model, key), out_shardings=base_shardings)
         base_params = init(base_rng)
     else:
-        base_params = gpt2.add_adapters(model, base_params, jax.random.fold_in(base_rng, 1))
+        if family is gpt2:
+            base_params = gpt2.add_adapters(model, base_params, jax.random.fold_in(base_rng, 1))
         base_params = jax.device_put(base_params, base_shardings)
     params = {"base": base_params}
     if spec is not None:

@@ -30,7 +30,7 @@ def test_shipped_weights_match_their_digest_and_architecture(card):
     per_layer = 4 * m["d_model"] ** 2 + 2 * m["d_model"] * m["d_ff"] + 9 * m["d_model"] + m["d_ff"]
     expected = m["num_layers"] * per_layer + (m["vocab_size"] + m["max_len"] + 2) * m["d_model"]
     assert prefix_lib.num_params(params) == expected
-    assert card == {**card, "dtype": "float16", "model": pretrain_base_lm.get_config().model.to_dict()}
+    assert card == {**card, "dtype": "float16", "model": weights.architecture(pretrain_base_lm.get_config().model.to_dict())}
 
 
 def test_heldout_perplexity_is_as_recorded(card, tmp_path):

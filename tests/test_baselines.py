@@ -84,7 +84,10 @@ def test_adapter_sizes_of_the_embedded_model():
 
     sizes = {}
     for r in (1, 32):
-        model = gpt2.GPT2(gpt2.GPT2Config(**{**common.base_lm_model().to_dict(), "adapter_dim": r}))
+        config = common.base_config()
+        config.model = common.base_lm_model()
+        config.model.adapter_dim = r
+        model = gpt2.GPT2(train.model_config(config))
         abstract = jax.eval_shape(lambda key: gpt2.init_params(model, key), jax.random.key(0))
         base, adapters = gpt2.split_adapters(abstract)
         sizes[r] = (prefix_lib.num_params(adapters), prefix_lib.num_params(base))

@@ -30,12 +30,18 @@ def round_trip(params: dict) -> dict:
     return jax.tree.map(lambda leaf: np.asarray(leaf).astype(STORAGE_DTYPE).astype(np.float32), params)
 
 
+def architecture(model_config: dict) -> dict:
+    """The base model's fields of a config's model section: adapters are a fine-tuning run's addition."""
+    return {k: v for k, v in model_config.items() if k != "adapter_dim"}
+
+
 def save(directory: str, model_config: dict, params: dict, extra: dict | None = None) -> dict:
     """Writes the directory; returns its config.json content (with the loaded weights' digest)."""
     os.makedirs(directory, exist_ok=True)
     flat = {path: np.asarray(leaf).astype(STORAGE_DTYPE) for path, leaf in flat_paths(params).items()}
     safetensors_numpy.save_file(flat, os.path.join(directory, WEIGHTS))
-    meta = {"model": model_config, "dtype": STORAGE_DTYPE.__name__, "sha256": weights_digest(round_trip(params)),
+    meta = {"model": architecture(model_config), "dtype": STORAGE_DTYPE.__name__,
+            "sha256": weights_digest(round_trip(params)),
             **(extra or {})}
     with open(os.path.join(directory, CONFIG), "w") as f:
         json.dump(meta, f, indent=2)
@@ -49,8 +55,7 @@ def load(directory: str, model_config: dict) -> dict:
         raise WeightsError(f"Base weights incomplete: {missing} not found.")
     with open(paths[0]) as f:
         meta = json.load(f)
-    # Adapters are the fine-tuning run's addition, never part of a base model.
-    stored = {k: v for k, v in meta["model"].items() if k != "adapter_dim"}
+    stored = architecture(meta["model"])
     if diff := {k: (v, model_config.get(k)) for k, v in stored.items() if model_config.get(k) != v}:
         raise WeightsError(
             f"{directory} was trained for another model: (stored, configured) differ in {diff}; "

@@ -35,8 +35,8 @@ def test_xsum_bart_large_config():
         vocab_size=50265, encoder_layers=12, decoder_layers=12, num_heads=16, d_model=1024, d_ff=4096, max_len=1024
     )
     assert config.hf_checkpoint == "/models/bart-large" and config.data.tokenizer == "/models/bart-large/tokenizer.json"
-    assert (config.prefix.kind, config.prefix.length, config.prefix.reparam_dim) == ("kv", 100, 800)
-    assert (config.train.lr, config.train.batch_size, config.train.num_steps) == (5e-5, 16, 30 * 12752)
+    assert (config.prefix.kind, config.prefix.length, config.prefix.reparam_dim) == ("kv", 200, 800)
+    assert (config.train.lr, config.train.batch_size, config.train.num_steps) == (5e-5, 48, 30 * 4251)
     assert (config.data.name, config.data.max_source_len, config.data.max_target_len) == ("xsum", 512, 60)
     d = config.decode
     assert (d.strategy, d.beam_size, d.length_penalty, d.no_repeat_ngram_size, d.max_new_tokens) == ("beam", 6, 0.8, 3, 98)

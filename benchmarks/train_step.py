@@ -106,7 +106,10 @@ def run_fn(**kwargs):
 
 
 def benchmark(size: str, repetitions: int, steps: int, peak: dict, memory: bool = True) -> dict:
-    """Every variant timed in alternation; `peak` is `common.matmul_peak`'s result for MFU."""
+    """Every variant timed in alternation; `peak` is `common.matmul_peak`'s result for MFU.
+
+    `memory` adds one fresh process per variant for its peak memory (slow at any size).
+    """
     model, shape = MODELS[size], SHAPES[size]
     batch_size, length = shape["batch_size"], shape["sequence_length"]
     tokens_per_step = batch_size * length

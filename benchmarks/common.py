@@ -9,6 +9,14 @@ import time
 import jax
 import jax.numpy as jnp
 
+# GPT-2-style presets. dtype is the activation dtype (parameters stay float32).
+MODELS = {
+    "toy": dict(vocab_size=64, num_layers=2, num_heads=2, d_model=32, d_ff=64, max_len=64, dtype="float32"),
+    "small": dict(vocab_size=8192, num_layers=4, num_heads=4, d_model=256, d_ff=1024, max_len=256, dtype="float32"),
+    # GPT-2 medium's dimensions, for the GPU suite.
+    "medium": dict(vocab_size=50257, num_layers=24, num_heads=16, d_model=1024, d_ff=4096, max_len=1024, dtype="bfloat16"),
+}
+
 
 def environment() -> dict:
     """What a reader needs to judge the numbers: versions, devices, threads."""

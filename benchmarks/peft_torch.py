@@ -87,7 +87,7 @@ def torch_run_fn(model: dict, batch_size: int, sequence_length: int, variant: st
 def benchmark(size: str, repetitions: int, steps: int, passes: int = 1, variants: tuple = tuple(VARIANTS),
               thread_counts: tuple = ()) -> dict:
     """Both frameworks at each thread count (default 1 and every CPU), in alternating fresh processes."""
-    model, shape = train_step.MODELS[size], train_step.SHAPES[size]
+    model, shape = common.MODELS[size], train_step.SHAPES[size]
     batch_size, length = shape["batch_size"], shape["sequence_length"]
     n = train_step.PREFIX_LENGTH
     common_kwargs = dict(model=model, batch_size=batch_size, sequence_length=length, steps=steps, prefix_length=n)

@@ -1,6 +1,6 @@
 """How train-step time grows with prefix length, sequence length and model size.
 
-Three sweeps of the preset model (`train_step.MODELS[size]`), each timed in
+Three sweeps of the preset model (`common.MODELS[size]`), each timed in
 alternation within the sweep (fewer rounds than the headline table):
 
   prefix length   kv prefix, n in PREFIX_LENGTHS (n = 0: the frozen model's step), plus full FT
@@ -22,15 +22,15 @@ def _model(base: dict, d_model: int, num_layers: int, num_heads: int) -> dict:
 
 
 LADDERS = {  # name -> model; the preset itself is one rung.
-    "toy": {"toy": train_step.MODELS["toy"]},
+    "toy": {"toy": common.MODELS["toy"]},
     "small": {
-        "d128 L2": _model(train_step.MODELS["small"], 128, 2, 2),
-        "d256 L4 (small)": train_step.MODELS["small"],
-        "d384 L6": _model(train_step.MODELS["small"], 384, 6, 6),
+        "d128 L2": _model(common.MODELS["small"], 128, 2, 2),
+        "d256 L4 (small)": common.MODELS["small"],
+        "d384 L6": _model(common.MODELS["small"], 384, 6, 6),
     },
     "medium": {  # GPT-2 small and medium dims.
-        "gpt2 (d768 L12)": _model(train_step.MODELS["medium"], 768, 12, 12),
-        "gpt2-medium (d1024 L24)": train_step.MODELS["medium"],
+        "gpt2 (d768 L12)": _model(common.MODELS["medium"], 768, 12, 12),
+        "gpt2-medium (d1024 L24)": common.MODELS["medium"],
     },
 }
 KV = {"prefix.kind": "kv"}
@@ -71,7 +71,7 @@ def _prefix_vs_full(rows: dict, keys: list) -> dict:
 
 
 def benchmark(size: str, repetitions: int, steps: int) -> dict:
-    model, shape = train_step.MODELS[size], train_step.SHAPES[size]
+    model, shape = common.MODELS[size], train_step.SHAPES[size]
     batch, length, n = shape["batch_size"], shape["sequence_length"], train_step.PREFIX_LENGTH
     point = lambda overrides, **kw: dict(
         dict(model=model, batch_size=batch, sequence_length=length, overrides=overrides, prefix_length=n), **kw

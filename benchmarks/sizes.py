@@ -36,7 +36,7 @@ def checkpoint_bytes(state, exp) -> int:
 
 def benchmark(size: str, variants: tuple = tuple(train_step.VARIANTS)) -> dict:
     """Every variant in `variants` (full fine-tuning always, as the reference)."""
-    model, shape = train_step.MODELS[size], train_step.SHAPES[size]
+    model, shape = common.MODELS[size], train_step.SHAPES[size]
     batch = train_step.random_batch(shape["batch_size"], shape["sequence_length"], model["vocab_size"])
     rows = {}
     for name in dict.fromkeys((train_step.FULL, *variants)):

@@ -17,13 +17,6 @@ from benchmarks import common, isolated
 from experiments import tiny
 from prefix_jax import prefix, train, trainable
 
-# GPT-2-style presets. dtype is the activation dtype (parameters stay float32).
-MODELS = {
-    "toy": dict(vocab_size=64, num_layers=2, num_heads=2, d_model=32, d_ff=64, max_len=64, dtype="float32"),
-    "small": dict(vocab_size=8192, num_layers=4, num_heads=4, d_model=256, d_ff=1024, max_len=256, dtype="float32"),
-    # GPT-2 medium's dimensions, for the GPU suite.
-    "medium": dict(vocab_size=50257, num_layers=24, num_heads=16, d_model=1024, d_ff=4096, max_len=1024, dtype="bfloat16"),
-}
 SHAPES = {
     "toy": dict(batch_size=4, sequence_length=16),
     "small": dict(batch_size=16, sequence_length=128),
@@ -110,7 +103,7 @@ def benchmark(size: str, repetitions: int, steps: int, peak: dict, memory: bool 
 
     `memory` adds one fresh process per variant for its peak memory (slow at any size).
     """
-    model, shape = MODELS[size], SHAPES[size]
+    model, shape = common.MODELS[size], SHAPES[size]
     batch_size, length = shape["batch_size"], shape["sequence_length"]
     tokens_per_step = batch_size * length
     runners, infos = {}, {}

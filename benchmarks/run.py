@@ -9,6 +9,7 @@ Writes `<out>/<suite>.json` (everything, with the environment) and `<out>/<suite
 alone under `<out>/<suite>/<section>.{json,md}`. benchmarks/README.md explains every column.
 """
 
+import os
 import time
 
 import jax.numpy as jnp
@@ -134,6 +135,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}; every option is a --flag.")
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+    # On a GPU, XLA would reserve most of the memory up front, leaving none for the
+    # fresh processes that measure memory; set before the backend starts, inherited by them.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     settings = SUITES[_SUITE.value]
     results = run_suite(
         _SUITE.value, size=_SIZE.value or settings["size"], sections=_SECTIONS.value or settings["sections"],

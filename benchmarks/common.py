@@ -64,17 +64,16 @@ def interleaved_medians(runners: dict, repetitions: int) -> dict:
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def matmul_peak(size: int, dtype, repetitions: int) -> dict:
-    """The machine's measured matmul rate: median FLOP/s of a jitted [size, size] @ [size, size].
+def matmul(size: int, dtype) -> tuple:
+    """(run, flops): a compiled, warmed-up [size, size] @ [size, size] and its FLOP count.
 
-    The denominator of every "achieved fraction" (MFU) in the suite, measured in the
-    same run as the numerator rather than taken from a datasheet.
+    Timed among the runners it is compared with, its rate is the machine's measured
+    matmul peak: the denominator of every "achieved fraction" (MFU) in the suite.
     """
     a, b = (jax.random.normal(jax.random.key(i), (size, size), dtype) for i in range(2))
     dot = jax.jit(jnp.dot)
-    jax.block_until_ready(dot(a, b))  # Compile and warm up.
-    seconds = interleaved_medians({"dot": lambda: dot(a, b)}, repetitions)["dot"]
-    return {"size": size, "dtype": jnp.dtype(dtype).name, "seconds": seconds, "flops_per_second": 2 * size**3 / seconds}
+    jax.block_until_ready(dot(a, b))
+    return (lambda: dot(a, b)), 2 * size**3
 
 
 def flops_per_token(model: dict, sequence_length: int, *, trains_weights: bool, context: int = 0, rows: int = 0) -> float:

@@ -12,7 +12,6 @@ alone under `<out>/<suite>/<section>.{json,md}`. benchmarks/README.md explains e
 import os
 import time
 
-import jax.numpy as jnp
 from absl import app, flags, logging
 
 from benchmarks import common, decode, peft_torch, scaling, sizes, train_step
@@ -42,11 +41,9 @@ def run_suite(suite: str, *, size: str, sections, repetitions: int, steps: int, 
         raise ValueError(f"Unknown sections {sorted(unknown)}; expected a subset of {SECTIONS}.")
     start = time.perf_counter()
     results = {"suite": suite, "size": size, "environment": common.environment(), "sections": {}}
-    results["matmul_peak"] = common.matmul_peak(
-        settings["peak_size"] if size != "toy" else 256, getattr(jnp, settings["peak_dtype"]), repetitions
-    )
+    peak_size = settings["peak_size"] if size != "toy" else 256
     runs = {
-        "train_step": lambda: train_step.benchmark(size, repetitions, steps, results["matmul_peak"]),
+        "train_step": lambda: train_step.benchmark(size, repetitions, steps, peak_size, settings["peak_dtype"]),
         "peft_torch": lambda: peft_torch.benchmark(size, max(3, repetitions // 2), 1),
         "sizes": lambda: sizes.benchmark(size),
         "scaling": lambda: scaling.benchmark(size, max(3, repetitions // 2), 1),
@@ -107,13 +104,11 @@ TARGETS = {  # headline key -> (target, what the issue asks)
 
 def to_markdown(results: dict, markdown: dict) -> str:
     env = results["environment"]
-    peak = results["matmul_peak"]
     lines = [
         f"# Benchmarks: {results['suite']} suite, model preset `{results['size']}`\n",
         f"jax {env['jax']} ({env['backend']}, {env['device_kind']}), torch {env['torch']} "
         f"({env.get('torch_threads')} threads by default), {env['cpu_count']} CPUs ({env['cpu_model']}), "
-        f"python {env['python']}, XLA_FLAGS={env['xla_flags']!r}. Matmul peak measured in this run: "
-        f"{peak['flops_per_second'] / 1e9:.1f} GFLOP/s ({peak['dtype']} {peak['size']}x{peak['size']} dot). "
+        f"python {env['python']}, XLA_FLAGS={env['xla_flags']!r}. "
         f"Total wall time {results['wall_seconds'] / 60:.1f} min. Column definitions: benchmarks/README.md.\n",
         "## Headline ratios\n",
     ]

@@ -3,7 +3,8 @@
 Every variant trains the same model on the same batch; steps are timed in
 alternation in one process, compilation is timed separately. Analytic FLOPs
 (`common.flops_per_token`) over the step time, divided by the matmul peak measured
-in the same run, give the achieved fraction. The FLOP bound for prefix vs full is
+in alternation with the steps (a busy machine slows both alike), give the achieved
+fraction. The FLOP bound for prefix vs full is
 about 1.5x: prefix training skips the weight-gradient matmuls (1/3 of a full step).
 Peak memory is measured per variant in a fresh process (`isolated.py`).
 """
@@ -32,6 +33,7 @@ VARIANTS = {  # name -> config overrides
     "prompt tuning": {"prefix.kind": "prompt"},
 }
 PREFIX_LENGTH = 10
+PEAK = "matmul peak"
 
 
 def random_batch(batch_size: int, length: int, vocab_size: int) -> dict:
@@ -98,8 +100,8 @@ def run_fn(**kwargs):
     return build(**kwargs)[0]
 
 
-def benchmark(size: str, repetitions: int, steps: int, peak: dict, memory: bool = True) -> dict:
-    """Every variant timed in alternation; `peak` is `common.matmul_peak`'s result for MFU.
+def benchmark(size: str, repetitions: int, steps: int, peak_size: int, peak_dtype: str, memory: bool = True) -> dict:
+    """Every variant timed in alternation, with a [peak_size, peak_size] matmul for the peak.
 
     `memory` adds one fresh process per variant for its peak memory (slow at any size).
     """
@@ -110,7 +112,9 @@ def benchmark(size: str, repetitions: int, steps: int, peak: dict, memory: bool 
     for name, overrides in VARIANTS.items():
         runners[name], infos[name] = build(model, batch_size, length, overrides, steps)
         runners[name]()  # Warm-up.
+    runners[PEAK], peak_flops = common.matmul(peak_size, getattr(jnp, peak_dtype))
     seconds = common.interleaved_medians(runners, repetitions)
+    peak = {"size": peak_size, "dtype": peak_dtype, "seconds": seconds[PEAK], "flops_per_second": peak_flops / seconds[PEAK]}
     del runners  # Free the states before the memory subprocesses start.
     rows = {}
     for name, overrides in VARIANTS.items():
@@ -166,6 +170,6 @@ def to_markdown(results: dict) -> str:
         f"Train step, model {results['model']}, batch {results['batch_size']} x {results['sequence_length']} tokens, "
         f"prefix length {results['prefix_length']}; median of {results['repetitions']} interleaved rounds of "
         f"{results['steps_per_repetition']} steps. Matmul peak: {peak['flops_per_second'] / 1e9:.1f} GFLOP/s "
-        f"({peak['dtype']} {peak['size']}x{peak['size']} dot).\n\n"
+        f"({peak['dtype']} {peak['size']}x{peak['size']} dot, timed in the same rounds).\n\n"
     )
     return intro + common.markdown_table(header, rows)

@@ -83,7 +83,6 @@ def torch_run_fn(model: dict, batch_size: int, sequence_length: int, variant: st
     return run
 
 
-
 def benchmark(size: str, repetitions: int, steps: int, passes: int = 1, variants: tuple = tuple(VARIANTS),
               thread_counts: tuple = ()) -> dict:
     """Both frameworks at each thread count (default 1 and every CPU), in alternating fresh processes."""
@@ -115,13 +114,12 @@ def benchmark(size: str, repetitions: int, steps: int, passes: int = 1, variants
             sides = {}
             for framework in measure:
                 results = runs[(framework, variant, k)]
-                median = lambda values: statistics.median(list(values))
-                seconds = median(r["call_seconds"] for r in results)
+                seconds = statistics.median(r["call_seconds"] for r in results)
                 sides[framework] = {
                     "step_seconds": seconds / steps,
                     "tokens_per_second": tokens_per_call / seconds,
-                    "first_call_seconds": median(r["first_call_seconds"] for r in results),
-                    "memory": {key: median(r["memory"][key] for r in results)
+                    "first_call_seconds": statistics.median(r["first_call_seconds"] for r in results),
+                    "memory": {key: statistics.median(r["memory"][key] for r in results)
                                for key in ("baseline_bytes", "peak_bytes", "train_bytes")},
                 }
             jax_side, torch_side = sides["prefix_jax"], sides["peft_torch"]

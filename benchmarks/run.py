@@ -3,12 +3,14 @@
   python -m benchmarks.run --suite=cpu                  # ~15 min on 2 CPU cores
   python -m benchmarks.run --suite=gpu                  # bf16, GPT-2-medium dims
   python -m benchmarks.run --suite=cpu --sections=train_step,sizes --out=/tmp/bench
+  python -m benchmarks.run --suite=cpu --render_only   # markdown again from cpu.json
 
 Writes `<out>/<suite>.json` (everything, with the environment) and `<out>/<suite>.md`
 (headline ratios against the targets, then every section's table), and each section
 alone under `<out>/<suite>/<section>.{json,md}`. benchmarks/README.md explains every column.
 """
 
+import json
 import os
 import time
 
@@ -31,6 +33,9 @@ _SIZE = flags.DEFINE_enum("size", None, list(common.MODELS), "Model preset; defa
 _SECTIONS = flags.DEFINE_list("sections", None, f"Subset of {SECTIONS}; default: the suite's.")
 _REPETITIONS = flags.DEFINE_integer("repetitions", 7, "Timed rounds of the headline sections (median).")
 _STEPS = flags.DEFINE_integer("steps", 2, "Train steps per timed call in train_step.")
+_RENDER_ONLY = flags.DEFINE_bool(
+    "render_only", False, "Run nothing: rewrite the markdown under --out from <out>/<suite>.json (after a table change)."
+)
 
 
 def run_suite(suite: str, *, size: str, sections, repetitions: int, steps: int, out: str) -> dict:
@@ -49,23 +54,33 @@ def run_suite(suite: str, *, size: str, sections, repetitions: int, steps: int, 
         "scaling": lambda: scaling.benchmark(size, max(3, repetitions // 2), 1),
         "decode": lambda: decode.benchmark(size, repetitions),
     }
-    tables = {"train_step": train_step.to_markdown, "peft_torch": peft_torch.to_markdown,
-              "sizes": sizes.to_markdown, "scaling": scaling.to_markdown, "decode": decode.to_markdown}
-    markdown = {}
     for section in sections:
         if section == "peft_torch" and not peft_torch.available():
             results["sections"][section] = {"skipped": "torch, transformers or peft is not installed ([parity] extra)."}
-            markdown[section] = f"Skipped: {results['sections'][section]['skipped']}\n"
             continue
         section_start = time.perf_counter()
         results["sections"][section] = runs[section]()
         results["sections"][section]["wall_seconds"] = time.perf_counter() - section_start
-        markdown[section] = tables[section](results["sections"][section])
-        common.write_results(f"{out}/{suite}", section, results["sections"][section], markdown[section])
     results["headline"] = headline(results)
     results["wall_seconds"] = time.perf_counter() - start
-    common.write_results(out, suite, results, to_markdown(results, markdown))
+    write(results, out)
     return results
+
+
+TABLES = {"train_step": train_step.to_markdown, "peft_torch": peft_torch.to_markdown, "sizes": sizes.to_markdown,
+          "scaling": scaling.to_markdown, "decode": decode.to_markdown}
+
+
+def write(results: dict, out: str) -> None:
+    """Writes the suite's and each section's JSON and markdown, rendered from `results` alone."""
+    suite = results["suite"]
+    for section, result in results["sections"].items():
+        common.write_results(f"{out}/{suite}", section, result, section_markdown(section, result))
+    common.write_results(out, suite, results, to_markdown(results))
+
+
+def section_markdown(section: str, result: dict) -> str:
+    return f"Skipped: {result['skipped']}\n" if "skipped" in result else TABLES[section](result)
 
 
 def headline(results: dict) -> dict:
@@ -89,9 +104,9 @@ def headline(results: dict) -> dict:
         ratios["optimizer state, prefix kv vs full FT"] = rows["prefix kv"]["optimizer_state_vs_full"]
         ratios["checkpoint, prefix kv vs full FT"] = rows["prefix kv"]["checkpoint_vs_full"]
     if "decode" in sections:
-        section = sections["decode"]
-        ratios["decode per-token latency, cached prefix vs base"] = section["results"]["prefix (cached K/V)"]["latency_vs_base"]
-        ratios["multi-tenant batch vs sequential tokens/s"] = section["multi_tenant"]["one mixed batch"]["speedup_vs_sequential"]
+        latency, tenants = sections["decode"]["results"], sections["decode"]["multi_tenant"]
+        ratios["decode per-token latency, cached prefix vs base"] = latency["prefix (cached K/V)"]["latency_vs_base"]
+        ratios["multi-tenant batch vs sequential tokens/s"] = tenants["one mixed batch"]["speedup_vs_sequential"]
     return ratios
 
 
@@ -102,7 +117,7 @@ TARGETS = {  # headline key -> (target, what the issue asks)
 }
 
 
-def to_markdown(results: dict, markdown: dict) -> str:
+def to_markdown(results: dict) -> str:
     env = results["environment"]
     lines = [
         f"# Benchmarks: {results['suite']} suite, model preset `{results['size']}`\n",
@@ -121,8 +136,8 @@ def to_markdown(results: dict, markdown: dict) -> str:
         shown = f"{100 * value:.1f}%" if "fraction" in key else f"{value:.3g}x"
         rows.append([key, shown, verdict])
     lines.append(common.markdown_table(["ratio", "value", "target"], rows))
-    for section, table in markdown.items():
-        lines += [f"## {section}\n", table]
+    for section, result in results["sections"].items():
+        lines += [f"## {section}\n", section_markdown(section, result)]
     return "\n".join(lines)
 
 
@@ -134,6 +149,10 @@ def main(argv):
     # fresh processes that measure memory; set before the backend starts, inherited by them.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     settings = SUITES[_SUITE.value]
+    if _RENDER_ONLY.value:
+        with open(os.path.join(_OUT.value, f"{_SUITE.value}.json")) as f:
+            write(json.load(f), _OUT.value)
+        return
     results = run_suite(
         _SUITE.value, size=_SIZE.value or settings["size"], sections=_SECTIONS.value or settings["sections"],
         repetitions=_REPETITIONS.value, steps=_STEPS.value, out=_OUT.value,

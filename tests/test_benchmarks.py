@@ -93,5 +93,8 @@ def test_run_suite_writes_files_and_headline(tmp_path, monkeypatch):
     assert set(results["headline"]) == {"optimizer state, prefix kv vs full FT", "checkpoint, prefix kv vs full FT"}
     assert "## sizes" in (tmp_path / "cpu.md").read_text()
     assert (tmp_path / "cpu" / "sizes.md").exists() and (tmp_path / "cpu" / "sizes.json").exists()
+    rendered = (tmp_path / "cpu.md").read_text()
+    run.write(written, str(tmp_path / "again"))  # --render_only: the markdown is a function of the JSON.
+    assert (tmp_path / "again" / "cpu.md").read_text() == rendered
     with pytest.raises(ValueError, match="Unknown sections"):
         run.run_suite("cpu", size="toy", sections=["speed"], repetitions=1, steps=1, out=str(tmp_path))

@@ -98,3 +98,10 @@ def test_run_suite_writes_files_and_headline(tmp_path, monkeypatch):
     assert (tmp_path / "again" / "cpu.md").read_text() == rendered
     with pytest.raises(ValueError, match="Unknown sections"):
         run.run_suite("cpu", size="toy", sections=["speed"], repetitions=1, steps=1, out=str(tmp_path))
+
+
+def test_run_suite_says_when_peft_is_skipped(tmp_path, monkeypatch):
+    monkeypatch.setattr(peft_torch, "available", lambda: False)
+    results = run.run_suite("cpu", size="toy", sections=["peft_torch"], repetitions=1, steps=1, out=str(tmp_path))
+    assert "not installed" in results["sections"]["peft_torch"]["skipped"]
+    assert "Skipped: torch" in (tmp_path / "cpu.md").read_text()

@@ -160,6 +160,8 @@ def to_markdown(results: dict) -> str:
         f"prefix_jax vs PEFT (PyTorch), model {results['model']}, batch {results['batch_size']} x "
         f"{results['sequence_length']}, prefix length {results['prefix_length']}; "
         f"each side in a fresh process pinned to as many CPUs as it has threads, median of {results['repetitions']} rounds of {results['steps_per_repetition']} "
-        f"steps, median over {results['passes']} alternating passes. Ratios are prefix_jax / PEFT.\n\n"
+        f"steps, median over {results['passes']} alternating passes. Ratios are prefix_jax / PEFT. Train memory "
+        f"(peak - baseline) is the fair comparison: the PEFT process's peak RSS also holds jax and prefix_jax, "
+        f"which the measuring harness imports.\n\n"
     )
     return intro + common.markdown_table(header, rows)

@@ -1,4 +1,4 @@
-"""Timing and reporting helpers shared by the benchmarks."""
+"""Timing, FLOP counting, machine peak and reporting helpers shared by the benchmarks."""
 
 import json
 import os
@@ -7,25 +7,46 @@ import statistics
 import time
 
 import jax
-from absl import flags
+import jax.numpy as jnp
 
-# The flags every benchmark takes, defined once: tests import several benchmarks in one process.
-OUT = flags.DEFINE_string("out", "benchmarks/results/cpu", "Directory for JSON and markdown.")
-SIZE = flags.DEFINE_enum("size", "small", ["toy", "small"], "Model preset.")
-REPETITIONS = flags.DEFINE_integer("repetitions", 7, "Timed rounds (median is reported).")
+# GPT-2-style presets. dtype is the activation dtype (parameters stay float32).
+MODELS = {
+    "toy": dict(vocab_size=64, num_layers=2, num_heads=2, d_model=32, d_ff=64, max_len=64, dtype="float32"),
+    "small": dict(vocab_size=8192, num_layers=4, num_heads=4, d_model=256, d_ff=1024, max_len=256, dtype="float32"),
+    # GPT-2 medium's dimensions, for the GPU suite.
+    "medium": dict(vocab_size=50257, num_layers=24, num_heads=16, d_model=1024, d_ff=4096, max_len=1024, dtype="bfloat16"),
+}
 
 
 def environment() -> dict:
     """What a reader needs to judge the numbers: versions, devices, threads."""
-    return {
+    env = {
         "jax": jax.__version__,
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
+        "device_kind": jax.devices()[0].device_kind,
         "cpu_count": os.cpu_count(),
+        "cpu_model": _cpu_model(),
         "machine": platform.machine(),
         "python": platform.python_version(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
+    try:  # Torch is optional (the PEFT comparison); record it when present.
+        import torch
+
+        env["torch"] = torch.__version__
+        env["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        env["torch"] = None
+    return env
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        return platform.processor()
 
 
 def interleaved_medians(runners: dict, repetitions: int) -> dict:
@@ -43,11 +64,60 @@ def interleaved_medians(runners: dict, repetitions: int) -> dict:
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+def matmul(size: int, dtype) -> tuple:
+    """(run, flops): a compiled, warmed-up [size, size] @ [size, size] and its FLOP count.
+
+    Timed among the runners it is compared with, its rate is the machine's measured
+    matmul peak: the denominator of every "achieved fraction" (MFU) in the suite.
+    """
+    a, b = (jax.random.normal(jax.random.key(i), (size, size), dtype) for i in range(2))
+    dot = jax.jit(jnp.dot)
+    jax.block_until_ready(dot(a, b))
+    return (lambda: dot(a, b)), 2 * size**3
+
+
+def flops_per_token(model: dict, sequence_length: int, *, trains_weights: bool, context: int = 0, rows: int = 0) -> float:
+    """Analytic matmul FLOPs of one train step per input token.
+
+    N = L (4 d^2 + 2 d d_ff) + d V: every weight matmul a token passes through, the
+    (tied) LM head included, embedding lookups, biases and layer norms left out.
+    Forward = 2N + 2 L c d, where c = sequence_length + `context` is the attention span
+    (`context` extra prefix keys) and the second term counts Q K^T and A V over it.
+    Backward through activations costs 2x each forward matmul; weight gradients cost
+    another 2N, paid only when the base weights train (`trains_weights`, full fine-tuning):
+    full step = 6N + 6 L c d, frozen-base step (prefix, prompt) = 4N + 6 L c d.
+    `rows` extra rows run through every layer (prompt tuning, the literal hidden prefix)
+    and scale the whole count by (sequence_length + rows) / sequence_length.
+    """
+    layers, d, d_ff, vocab = model["num_layers"], model["d_model"], model["d_ff"], model["vocab_size"]
+    n = layers * (4 * d * d + 2 * d * d_ff) + d * vocab
+    attention = 2 * layers * (sequence_length + context) * d
+    per_row = (6 if trains_weights else 4) * n + 3 * attention
+    return per_row * (sequence_length + rows) / sequence_length
+
+
+def read_memory() -> dict:
+    """This process's resident set now and its high-water mark, in bytes (Linux /proc)."""
+    values = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(rest.split()[0]) * 1024
+    return {"rss_bytes": values["VmRSS"], "peak_rss_bytes": values["VmHWM"]}
+
+
+def reset_peak_memory() -> None:
+    """Resets the high-water mark (VmHWM) to the current RSS, so that compilation's peak is not counted."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
 def write_results(out_dir: str, name: str, results: dict, table: str) -> None:
     """Writes `<name>.json` and `<name>.md` under `out_dir`."""
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
-        json.dump(results, f, indent=2)
+        json.dump(results, f, indent=2, default=str)
     with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
         f.write(table)
 
@@ -56,3 +126,7 @@ def markdown_table(header: list, rows: list) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def mib(num_bytes: float) -> str:
+    return f"{num_bytes / 2**20:.1f}"

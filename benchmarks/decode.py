@@ -1,6 +1,6 @@
 """Decode speed: per-token latency of prefix serving, and multi-tenant batching, in one run.
 
-  python -m benchmarks.decode --out=benchmarks/results/cpu
+  python -m benchmarks.run --sections=decode
 
 Greedy decoding of a random model (EOS never ends a row, so every call runs all
 steps). Per-token latency is the slope between two generation lengths,
@@ -24,20 +24,16 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app
 
 from benchmarks import common
 from prefix_jax import decode, prefix
 from prefix_jax.models import gpt2
 
 
-MODELS = {
-    "toy": dict(vocab_size=64, num_layers=2, num_heads=2, d_model=32, d_ff=64, max_len=64),
-    "small": dict(vocab_size=8192, num_layers=4, num_heads=4, d_model=256, d_ff=1024, max_len=256),
-}
 SHAPES = {  # batch, source length, the two generation lengths, tasks in the multi-tenant batch.
     "toy": dict(batch_size=4, source_length=8, new_tokens=(4, 8), tasks=2),
     "small": dict(batch_size=8, source_length=32, new_tokens=(16, 48), tasks=4),
+    "medium": dict(batch_size=8, source_length=128, new_tokens=(32, 96), tasks=4),
 }
 PREFIX_LENGTH = 10
 NEVER = -1  # An EOS id no token has: every row runs every step.
@@ -57,7 +53,7 @@ def _timed(runners: dict, repetitions: int) -> tuple[dict, dict]:
 
 def benchmark(size: str, repetitions: int) -> dict:
     shape = SHAPES[size]
-    config = gpt2.GPT2Config(**MODELS[size])
+    config = gpt2.GPT2Config(**common.MODELS[size])
     model = gpt2.GPT2(config)
     base = gpt2.init_params(model, jax.random.key(0))
     batch, source_length, tasks = shape["batch_size"], shape["source_length"], shape["tasks"]
@@ -136,7 +132,7 @@ def benchmark(size: str, repetitions: int) -> dict:
     return {
         "benchmark": "decode",
         "size": size,
-        "model": MODELS[size],
+        "model": common.MODELS[size],
         "batch_size": batch,
         "source_length": source_length,
         "new_tokens": list(shape["new_tokens"]),
@@ -145,20 +141,18 @@ def benchmark(size: str, repetitions: int) -> dict:
         "task_prefix_lengths": lengths,
         "repetitions": repetitions,
         "cached_repetitions": CACHED_ROUNDS * repetitions,
-        "environment": common.environment(),
         "results": rows,
         "multi_tenant": tenants,
     }
 
 
 def to_markdown(results: dict) -> str:
-    env = results["environment"]
     short, long = results["new_tokens"]
     intro = (
         f"Greedy decoding, model {results['model']}, batch {results['batch_size']}, source "
         f"{results['source_length']} tokens, prefix length {results['prefix_length']}; per-token latency is "
         f"the slope between {short} and {long} new tokens; median of interleaved rounds ({results['cached_repetitions']} "
-        f"for the cached variants, {results['repetitions']} for the recomputing ones and multi-tenant serving). jax {env['jax']} on {env['backend']} ({env['cpu_count']} CPUs).\n\n"
+        f"for the cached variants, {results['repetitions']} for the recomputing ones and multi-tenant serving).\n\n"
     )
     latency = common.markdown_table(
         ["variant", "per token (ms)", "tokens/s (batch)", "latency vs base", "compile (s)"],
@@ -181,15 +175,3 @@ def to_markdown(results: dict) -> str:
         intro + latency + f"\nMulti-tenant: {results['tasks']} tasks (prefix lengths {lengths}), "
         f"{results['batch_size']} rows, {long} new tokens.\n\n" + tenants
     )
-
-
-def main(argv):
-    del argv
-    results = benchmark(common.SIZE.value, common.REPETITIONS.value)
-    table = to_markdown(results)
-    common.write_results(common.OUT.value, "decode", results, table)
-    print(table)
-
-
-if __name__ == "__main__":
-    app.run(main)

@@ -258,19 +258,3 @@ def test_decode_config_section_maps_to_options():
     config.decode.strategy = "top_p"
     with pytest.raises(ValueError, match="Unknown decode strategy 'top_p'"):
         loop.decode_options(config.decode)
-
-
-def test_decode_benchmark_schema():
-    from benchmarks import decode as decode_benchmark
-
-    results = decode_benchmark.benchmark("toy", repetitions=1)
-    assert set(results["results"]) == {
-        "base model, KV cache", "prefix (cached K/V)", "prefix recomputed each step", "base model, recomputed"
-    }
-    assert results["results"]["base model, KV cache"]["latency_vs_base"] == 1.0
-    for row in results["results"].values():
-        assert set(row) == {"per_token_seconds", "tokens_per_second", "latency_vs_base", "call_seconds", "compile_seconds"}
-    assert set(results["multi_tenant"]) == {"one mixed batch", "sequential per task"}
-    assert results["multi_tenant"]["sequential per task"]["speedup_vs_sequential"] == 1.0
-    table = decode_benchmark.to_markdown(results)
-    assert table.count("\n|") == 4 + 2 + 2 + 2  # Two tables: rows, header and rule each.

@@ -7,7 +7,6 @@ import sys
 
 import pytest
 
-from benchmarks import train_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,17 +44,6 @@ def test_main_rejects_bad_config_fields(tmp_path, flag, message):
     result = _main(flag, f"--workdir={tmp_path}", check=False)
     assert result.returncode != 0
     assert message in result.stderr
-
-
-def test_train_step_benchmark_schema(tmp_path):
-    results = train_step.benchmark("toy", repetitions=1, steps=1)
-    assert set(results["results"]) == set(train_step.VARIANTS)
-    for row in results["results"].values():
-        assert row["step_seconds"] > 0 and row["tokens_per_second"] > 0
-        assert row["compile_seconds"] > 0
-    assert results["results"]["full fine-tuning"]["speedup_vs_full"] == 1.0
-    table = train_step.to_markdown(results)
-    assert table.count("\n|") == len(train_step.VARIANTS) + 2  # header, rule, rows
 
 
 def test_readme_python_example_runs():

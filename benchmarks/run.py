@@ -1,0 +1,164 @@
+"""The benchmark suite's one entry point: runs the sections, writes JSON and markdown.
+
+  python -m benchmarks.run --suite=cpu                  # ~15 min on 2 CPU cores
+  python -m benchmarks.run --suite=gpu                  # bf16, GPT-2-medium dims
+  python -m benchmarks.run --suite=cpu --sections=train_step,sizes --out=/tmp/bench
+  python -m benchmarks.run --suite=cpu --render_only   # markdown again from cpu.json
+
+Writes `<out>/<suite>.json` (everything, with the environment) and `<out>/<suite>.md`
+(headline ratios against the targets, then every section's table), and each section
+alone under `<out>/<suite>/<section>.{json,md}`. benchmarks/README.md explains every column.
+"""
+
+import json
+import os
+import time
+
+from absl import app, flags, logging
+
+from benchmarks import common, decode, peft_torch, scaling, sizes, train_step
+
+SECTIONS = ("train_step", "peft_torch", "sizes", "scaling", "decode")
+SUITES = {
+    # The matmul peak is measured in the model's activation dtype.
+    "cpu": dict(size="small", peak_size=2048, peak_dtype="float32", sections=SECTIONS),
+    # PEFT runs on CPU torch only: its comparison is a CPU section.
+    "gpu": dict(size="medium", peak_size=8192, peak_dtype="bfloat16",
+                sections=("train_step", "sizes", "scaling", "decode")),
+}
+
+_SUITE = flags.DEFINE_enum("suite", "cpu", list(SUITES), "Which suite: presets, sections, peak dtype.")
+_OUT = flags.DEFINE_string("out", "benchmarks/results", "Directory for <suite>.json and <suite>.md.")
+_SIZE = flags.DEFINE_enum("size", None, list(common.MODELS), "Model preset; default: the suite's.")
+_SECTIONS = flags.DEFINE_list("sections", None, f"Subset of {SECTIONS}; default: the suite's.")
+_REPETITIONS = flags.DEFINE_integer("repetitions", 7, "Timed rounds of the headline sections (median).")
+_STEPS = flags.DEFINE_integer("steps", 2, "Train steps per timed call in train_step.")
+_RENDER_ONLY = flags.DEFINE_bool(
+    "render_only", False, "Run nothing: rewrite the markdown under --out from <out>/<suite>.json (after a table change)."
+)
+
+
+def run_suite(suite: str, *, size: str, sections, repetitions: int, steps: int, out: str) -> dict:
+    """Runs `sections` of `suite` at model preset `size`; writes and returns the results."""
+    settings = SUITES[suite]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"Unknown sections {sorted(unknown)}; expected a subset of {SECTIONS}.")
+    start = time.perf_counter()
+    results = {"suite": suite, "size": size, "environment": common.environment(), "sections": {}}
+    peak_size = settings["peak_size"] if size != "toy" else 256
+    runs = {
+        "train_step": lambda: train_step.benchmark(size, repetitions, steps, peak_size, settings["peak_dtype"]),
+        "peft_torch": lambda: peft_torch.benchmark(size, max(3, repetitions // 2), 1),
+        "sizes": lambda: sizes.benchmark(size),
+        "scaling": lambda: scaling.benchmark(size, max(3, repetitions // 2), 1),
+        "decode": lambda: decode.benchmark(size, repetitions),
+    }
+    for section in sections:
+        if section == "peft_torch" and not peft_torch.available():
+            results["sections"][section] = {"skipped": "torch, transformers or peft is not installed ([parity] extra)."}
+            continue
+        section_start = time.perf_counter()
+        results["sections"][section] = runs[section]()
+        results["sections"][section]["wall_seconds"] = time.perf_counter() - section_start
+    results["headline"] = headline(results)
+    results["wall_seconds"] = time.perf_counter() - start
+    write(results, out)
+    return results
+
+
+TABLES = {"train_step": train_step.to_markdown, "peft_torch": peft_torch.to_markdown, "sizes": sizes.to_markdown,
+          "scaling": scaling.to_markdown, "decode": decode.to_markdown}
+
+
+def write(results: dict, out: str) -> None:
+    """Writes the suite's and each section's JSON and markdown, rendered from `results` alone."""
+    suite = results["suite"]
+    for section, result in results["sections"].items():
+        common.write_results(f"{out}/{suite}", section, result, section_markdown(section, result))
+    common.write_results(out, suite, results, to_markdown(results))
+
+
+def section_markdown(section: str, result: dict) -> str:
+    return f"Skipped: {result['skipped']}\n" if "skipped" in result else TABLES[section](result)
+
+
+def headline(results: dict) -> dict:
+    """The ratios the issue sets targets for, pulled out of the sections that ran."""
+    sections, ratios = results["sections"], {}
+    if "train_step" in sections:
+        rows = sections["train_step"]["results"]
+        for name in ("prefix hidden (efficient)", "prefix kv"):
+            ratios[f"{name} vs full FT tokens/s"] = rows[name]["speedup_vs_full"]
+        ratios["FLOP bound prefix kv vs full FT"] = rows["prefix kv"]["flop_bound_speedup_vs_full"]
+        ratios["prefix kv fraction of matmul peak"] = rows["prefix kv"]["fraction_of_matmul_peak"]
+        ratios["full FT fraction of matmul peak"] = rows[train_step.FULL]["fraction_of_matmul_peak"]
+    if "results" in sections.get("peft_torch", {}):
+        for threads, by_variant in sections["peft_torch"]["results"].items():
+            for name in ("prefix kv", train_step.FULL):
+                row = by_variant[name]
+                ratios[f"prefix_jax vs PEFT tokens/s, {name}, {threads} thread(s)"] = row["tokens_per_second_ratio"]
+                ratios[f"prefix_jax vs PEFT train memory, {name}, {threads} thread(s)"] = row["train_memory_ratio"]
+    if "sizes" in sections:
+        rows = sections["sizes"]["results"]
+        ratios["optimizer state, prefix kv vs full FT"] = rows["prefix kv"]["optimizer_state_vs_full"]
+        ratios["checkpoint, prefix kv vs full FT"] = rows["prefix kv"]["checkpoint_vs_full"]
+    if "decode" in sections:
+        latency, tenants = sections["decode"]["results"], sections["decode"]["multi_tenant"]
+        ratios["decode per-token latency, cached prefix vs base"] = latency["prefix (cached K/V)"]["latency_vs_base"]
+        ratios["multi-tenant batch vs sequential tokens/s"] = tenants["one mixed batch"]["speedup_vs_sequential"]
+    return ratios
+
+
+TARGETS = {  # headline key -> (target, what the issue asks)
+    "prefix kv vs full FT tokens/s": (1.4, "prefix step >= 1.4x full FT tokens/s (FLOP bound ~1.5x)"),
+    "prefix_jax vs PEFT tokens/s, prefix kv": (2.0, "prefix_jax >= 2x PEFT PyTorch tokens/s on CPU"),
+    "prefix kv fraction of matmul peak": (0.4, "GPU: MFU >= 40% for a GPT-2-medium prefix step"),
+}
+
+
+def to_markdown(results: dict) -> str:
+    env = results["environment"]
+    lines = [
+        f"# Benchmarks: {results['suite']} suite, model preset `{results['size']}`\n",
+        f"jax {env['jax']} ({env['backend']}, {env['device_kind']}), torch {env['torch']} "
+        f"({env.get('torch_threads')} threads by default), {env['cpu_count']} CPUs ({env['cpu_model']}), "
+        f"python {env['python']}, XLA_FLAGS={env['xla_flags']!r}. "
+        f"Total wall time {results['wall_seconds'] / 60:.1f} min. Column definitions: benchmarks/README.md.\n",
+        "## Headline ratios\n",
+    ]
+    rows = []
+    for key, value in results["headline"].items():
+        target = next((t for prefix, t in TARGETS.items() if key.startswith(prefix)), None)
+        if target and "fraction" in key and results["environment"]["backend"] == "cpu":
+            target = None  # The MFU target is for the GPU suite.
+        verdict = "" if target is None else ("met" if value >= target[0] else "missed") + f" (target {target[1]})"
+        shown = f"{100 * value:.1f}%" if "fraction" in key else f"{value:.3g}x"
+        rows.append([key, shown, verdict])
+    lines.append(common.markdown_table(["ratio", "value", "target"], rows))
+    for section, result in results["sections"].items():
+        lines += [f"## {section}\n", section_markdown(section, result)]
+    return "\n".join(lines)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments {argv[1:]}; every option is a --flag.")
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+    # On a GPU, XLA would reserve most of the memory up front, leaving none for the
+    # fresh processes that measure memory; set before the backend starts, inherited by them.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    settings = SUITES[_SUITE.value]
+    if _RENDER_ONLY.value:
+        with open(os.path.join(_OUT.value, f"{_SUITE.value}.json")) as f:
+            write(json.load(f), _OUT.value)
+        return
+    results = run_suite(
+        _SUITE.value, size=_SIZE.value or settings["size"], sections=_SECTIONS.value or settings["sections"],
+        repetitions=_REPETITIONS.value, steps=_STEPS.value, out=_OUT.value,
+    )
+    print(common.markdown_table(["ratio", "value"], [[k, f"{v:.3g}"] for k, v in results["headline"].items()]))
+
+
+if __name__ == "__main__":
+    app.run(main)

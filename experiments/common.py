@@ -13,7 +13,7 @@ def base_lm_model() -> ml_collections.ConfigDict:
     """The embedded pre-trained model's architecture (data/base_lm/config.json)."""
     return ml_collections.ConfigDict(
         dict(family="gpt2", vocab_size=4096, num_layers=4, num_heads=4, d_model=256, d_ff=1024, max_len=512,
-             dropout_rate=0.0, tie_embeddings=True, adapter_dim=0)
+             dropout_rate=0.0, tie_embeddings=True, adapter_dim=0, dtype="float32")
     )
 
 
@@ -21,7 +21,7 @@ def bart_model(**dims) -> ml_collections.ConfigDict:
     """An encoder-decoder's model section (models/bart.py). Each family has its own fields, so a
     field of another family (`--config.model.num_layers` on BART) is an unknown-field error."""
     fields = dict(family="bart", vocab_size=257, encoder_layers=2, decoder_layers=2, num_heads=4, d_model=64,
-                  d_ff=256, max_len=1024, scale_embedding=False)
+                  d_ff=256, max_len=1024, scale_embedding=False, dtype="float32")
     unknown = set(dims) - set(fields)
     if unknown:
         raise ValueError(f"bart_model got unknown fields {sorted(unknown)}; expected some of {sorted(fields)}.")
@@ -44,6 +44,7 @@ def base_config(arg=None) -> ml_collections.ConfigDict:
             dropout_rate=0.0,
             tie_embeddings=True,
             adapter_dim=0,  # Houlsby adapters' width, for train.mode="adapter"; 0 = none
+            dtype="float32",  # activations: float32 | bfloat16 | float16 (parameters stay float32)
         )
     )
     # Pre-trained base weights (a models.weights directory); "" = random init from train.seed.

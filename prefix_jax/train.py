@@ -144,6 +144,7 @@ class Experiment:
 
 
 FAMILIES = {"gpt2": gpt2.GPT2Config, "bart": bart.BartConfig}
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 def model_config(config: ml_collections.ConfigDict):
@@ -153,7 +154,7 @@ def model_config(config: ml_collections.ConfigDict):
     if family not in FAMILIES:
         raise ValueError(f"Unknown model.family {family!r}; expected one of {sorted(FAMILIES)}.")
     cls = FAMILIES[family]
-    known = {f.name for f in dataclasses.fields(cls)} - {"dtype"}
+    known = {f.name for f in dataclasses.fields(cls)}
     required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
     if wrong := sorted(set(fields) - known):
         raise ValueError(
@@ -162,6 +163,10 @@ def model_config(config: ml_collections.ConfigDict):
         )
     if missing := sorted(required - set(fields)):
         raise ValueError(f"config.model lacks {missing}, which a {family} model needs.")
+    if "dtype" in fields:
+        if fields["dtype"] not in DTYPES:
+            raise ValueError(f"Unknown model.dtype {fields['dtype']!r}; expected one of {DTYPES}.")
+        fields["dtype"] = getattr(jnp, fields["dtype"])
     return cls(**fields)
 
 

@@ -208,3 +208,10 @@ def test_partition_refuses_unlabelled_leaves():
     labels = {"base": {"w": trainable.FROZEN}}
     with pytest.raises(ValueError, match="unlabelled"):
         trainable.partition({"base": {"w": 1, "v": 2}}, labels)
+
+
+def test_model_dtype_is_the_activation_dtype_and_checked():
+    assert train.model_config(_config()).dtype is jnp.float32  # As GPT2Config's default: same fingerprint.
+    assert train.model_config(_config(**{"model.dtype": "bfloat16"})).dtype is jnp.bfloat16
+    with pytest.raises(ValueError, match="Unknown model.dtype 'float64'"):
+        train.model_config(_config(**{"model.dtype": "float64"}))

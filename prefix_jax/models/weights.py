@@ -31,8 +31,9 @@ def round_trip(params: dict) -> dict:
 
 
 def architecture(model_config: dict) -> dict:
-    """The base model's fields of a config's model section: adapters are a fine-tuning run's addition."""
-    return {k: v for k, v in model_config.items() if k != "adapter_dim"}
+    """The base model's fields of a config's model section, without a run's own choices
+    (adapters it adds, its activation dtype)."""
+    return {k: v for k, v in model_config.items() if k not in ("adapter_dim", "dtype")}
 
 
 def save(directory: str, model_config: dict, params: dict, extra: dict | None = None) -> dict:

@@ -9,6 +9,9 @@ Command (from the repo root; DIR holds {train,val,test}.source/.target, one line
   python -m prefix_jax.main --config=experiments/xsum_tiny.py:DIR --workdir=workdir/xsum_tiny
   python -m prefix_jax.main decode --config=experiments/xsum_tiny.py:DIR --workdir=workdir/xsum_tiny \\
       --config.decode.split=test
+Result: none to quote. On tests/test_seq2seq.py's generated lines dev loss falls
+(5.56 -> 5.38 in a few steps) and decoding writes ROUGE files, but the random base generates
+empty summaries: it checks the plumbing, not quality.
 """
 
 from experiments import common

@@ -22,13 +22,11 @@ generations are worth keeping whatever the machine lacks.
 
 import dataclasses
 import math
-import shutil
 from typing import Callable, Optional, Sequence
 
 from prefix_jax.metrics import table, text
 
 Scores = dict[str, Optional[float]]
-NEEDS_JAVA = ("meteor", "rouge_l", "cider")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +48,7 @@ class Layout:
 
 
 def _coco(hypotheses, references, names: tuple[str, ...]) -> Scores:
-    if shutil.which("java") is None:
+    if not table.java_available():
         return {name: None for name in names}
     return table.coco(hypotheses, references, names)
 
@@ -59,7 +57,7 @@ def _e2e(hypotheses, references) -> Scores:
     """The E2E challenge's five metrics, on its script's scales."""
     bleu = text.bleu(hypotheses, references, lowercase=True) / 100
     scores = {"bleu": bleu, "nist": table.nist(hypotheses, references)}
-    return scores | _coco(hypotheses, references, ("meteor", "rouge_l", "cider"))
+    return scores | _coco(hypotheses, references, table.COCO_METRICS)
 
 
 def _bleu_meteor_ter(hypotheses, references) -> Scores:
@@ -119,7 +117,7 @@ def evaluate(
         scores = spec.compute(hypotheses, references)
         computed = [scores]
     missing = sorted({key for s in computed for key, value in s.items() if value is None})
-    unavailable = {key: "needs Java (`java` is not on PATH)" for key in missing if key in NEEDS_JAVA}
+    unavailable = {key: "needs Java (`java` is not on PATH)" for key in missing if key in table.COCO_METRICS}
     return {"layout": layout, "inputs": len(hypotheses), "scores": scores, "unavailable": unavailable}
 
 

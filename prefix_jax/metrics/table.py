@@ -79,8 +79,12 @@ def nist(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> floa
     return total * penalty
 
 
+def java_available() -> bool:
+    return shutil.which("java") is not None
+
+
 def _require_java() -> None:
-    if shutil.which("java") is None:
+    if not java_available():
         raise RuntimeError(
             "METEOR, ROUGE-L and CIDEr as the E2E script computes them run pycocoevalcap's "
             "Java tokeniser (and METEOR 1.5 runs on Java): install a Java runtime (e.g. "

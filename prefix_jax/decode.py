@@ -10,6 +10,10 @@ fast. It is the oracle the cached decoders below are tested against.
 cache, with the task's prefix compiled once to K/V (`serve`) and, for multi-tenant
 serving, a bank of prefixes gathered per row (`prefix_bank`, `task_ids=`).
 
+An infix ([x; INFIX; y], Li & Liang section 7.2) decodes as it trains: the source rows
+do not see it, the source's last row (which predicts the first new token) and every new
+row do, and those rows' positions are shifted by the infix's length.
+
 `generate_seq2seq` decodes an encoder-decoder (BART) with the same strategies: the
 encoder runs once, each decoder layer's cross-attention K/V are computed once, and the
 decoder reads one token per step over a self-attention KV cache; one task per call.
@@ -45,20 +49,19 @@ def greedy(params, tokens, attention_mask, *, model, spec, max_new_tokens: int, 
     params: {"base": ..., "prefix": ...}; tokens, attention_mask: [batch, source_len],
     left-padded. Input rows get positions 0.. from their first real token, as in training.
     """
-    _refuse_infix(spec)
     batch, source_len = tokens.shape
-    if source_len + max_new_tokens > model.config.max_len:
-        raise ValueError(
-            f"Source length {source_len} + {max_new_tokens} new tokens exceeds max_len {model.config.max_len}."
-        )
-    inputs = prefix_lib.model_inputs(spec, params.get("prefix", {}), model.config)
+    _check_length(source_len, max_new_tokens, spec.length if spec is not None and spec.kind == "infix" else 0,
+                  model.config)
     buffer = jnp.concatenate([tokens, jnp.zeros((batch, max_new_tokens), tokens.dtype)], axis=1)
     mask = jnp.concatenate([attention_mask, jnp.zeros((batch, max_new_tokens), attention_mask.dtype)], axis=1)
+    new_slots = jnp.broadcast_to(jnp.arange(buffer.shape[1]) >= source_len, buffer.shape)  # Targets, for an infix.
 
     def step(t, carry):
         buffer, mask, done = carry
         positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
-        logits = model.apply({"params": params["base"]}, buffer, attention_mask=mask, positions=positions, **inputs)
+        inputs = {"positions": positions, **prefix_lib.model_inputs(
+            spec, params.get("prefix", {}), model.config, loss_mask=new_slots, positions=positions)}
+        logits = model.apply({"params": params["base"]}, buffer, attention_mask=mask, **inputs)
         chosen = jnp.argmax(logits[:, source_len + t - 1], axis=-1).astype(buffer.dtype)
         chosen = jnp.where(done, eos_id, chosen)
         buffer = buffer.at[:, source_len + t].set(chosen)
@@ -86,30 +89,23 @@ def strip_after_eos(new_tokens: np.ndarray, eos_id: int) -> list[list[int]]:
 # prefill. Served prefixes carry a leading task axis (a bank of one task when plain).
 
 
-def _refuse_infix(spec: Optional[prefix_lib.PrefixSpec]) -> None:
-    if spec is not None and spec.kind == "infix":
-        raise NotImplementedError(
-            "Decoding with an infix is not implemented: the decoders keep a prefix before every "
-            "row, an infix must be hidden from the source rows. Train it, and compare by dev loss."
-        )
-
-
 def serve(spec: Optional[prefix_lib.PrefixSpec], prefix_params, model: gpt2.GPT2, base_params) -> dict:
     """A task's prefix in serving form, as a bank of one task; pure.
 
     Returns {} (no prefix), {"key", "value": [L, 1, n, heads, head_dim], "mask": [1, n]}
-    (a hidden prefix compiled to K/V, a reparameterised one folded), or
-    {"prompt": [1, n, embed], "mask": [1, n]}.
+    (a hidden prefix compiled to K/V, a reparameterised one folded; an infix adds
+    "infix": [1] True), or {"prompt": [1, n, embed], "mask": [1, n]}.
     """
     if spec is None:
         return {}
-    _refuse_infix(spec)
     if spec.kind == "prompt":
         return {"prompt": prefix_params["prompt"][None], "mask": jnp.ones((1, spec.length), bool)}
     if spec.kind == "hidden":
         spec, prefix_params = prefix_lib.hidden_to_kv(spec, prefix_params, model, base_params)
     spec, prefix_params = prefix_lib.fold(spec, prefix_params, model.config)
     served = {name: prefix_params[name][:, None] for name in ("key", "value")}
+    if spec.kind == "infix":
+        served["infix"] = jnp.ones((1,), bool)
     return {**served, "mask": jnp.ones((1, spec.length), bool)}
 
 
@@ -120,7 +116,8 @@ def _kind(served: dict) -> str:
 def prefix_bank(tasks: Sequence[dict]) -> dict:
     """Stacks served prefixes (`serve`) into one bank; shorter ones are padded and masked.
 
-    All tasks must be of one serving kind (K/V, or prompt) with matching layer/head shapes.
+    All tasks must be of one serving kind (K/V, or prompt) with matching layer/head shapes;
+    infixes and K/V prefixes mix (each row is told which its task is).
     """
     if not tasks:
         raise ValueError("prefix_bank needs at least one task.")
@@ -139,6 +136,8 @@ def prefix_bank(tasks: Sequence[dict]) -> dict:
             raise ValueError(f"Prefix {name!r} shapes differ beyond their length: {sorted(shapes)}.")
         pad = lambda x: jnp.pad(x, [(0, n - x.shape[axis]) if i == axis else (0, 0) for i in range(x.ndim)])
         banks[name] = jnp.concatenate([pad(task[name]) for task in tasks], axis=axis - 1)
+    if any("infix" in task for task in tasks):
+        banks["infix"] = jnp.concatenate([task.get("infix", jnp.zeros((1,), bool)) for task in tasks])
     masks = [jnp.pad(task["mask"], ((0, 0), (0, n - task["mask"].shape[1]))) for task in tasks]
     return {**banks, "mask": jnp.concatenate(masks, axis=0)}
 
@@ -228,13 +227,16 @@ def _route(served: dict, task_ids, batch: int, model_config: gpt2.GPT2Config) ->
     return _select(served, jnp.asarray(task_ids))
 
 
-def _check_inputs(model, tokens, attention_mask, new_tokens: int) -> None:
+def _check_length(source_len: int, new_tokens: int, infix_len: int, config: gpt2.GPT2Config) -> None:
+    if source_len + new_tokens + infix_len > config.max_len:
+        infix = f" + an infix of {infix_len}" if infix_len else ""
+        raise ValueError(f"Source length {source_len} + {new_tokens} new tokens{infix} exceeds max_len {config.max_len}.")
+
+
+def _check_inputs(model, served, tokens, attention_mask, new_tokens: int) -> None:
     if attention_mask.shape != tokens.shape:
         raise ValueError(f"attention_mask {attention_mask.shape} must have the tokens' shape {tokens.shape}.")
-    if tokens.shape[1] + new_tokens > model.config.max_len:
-        raise ValueError(
-            f"Source length {tokens.shape[1]} + {new_tokens} new tokens exceeds max_len {model.config.max_len}."
-        )
+    _check_length(tokens.shape[1], new_tokens, served["mask"].shape[1] if "infix" in served else 0, model.config)
 
 
 def forward(base_params, served: dict, tokens, attention_mask, *, model: gpt2.GPT2, task_ids=None):
@@ -243,7 +245,7 @@ def forward(base_params, served: dict, tokens, attention_mask, *, model: gpt2.GP
     One forward serves every row, each with its own task's prefix when task_ids is given
     (see `generate`); the decoders' prefill is exactly this.
     """
-    _check_inputs(model, tokens, attention_mask, 0)
+    _check_inputs(model, served, tokens, attention_mask, 0)
     served = _route(served, task_ids, tokens.shape[0], model.config)
     return _forward(base_params, served, tokens, attention_mask, model=model)
 
@@ -262,7 +264,7 @@ def generate(base_params, served: dict, tokens, attention_mask, *, model: gpt2.G
     attention_mask: [batch, source_len], left-padded; positions as in training and `greedy`.
     rng: a key, needed for strategy='sample'.
     """
-    _check_inputs(model, tokens, attention_mask, options.max_new_tokens)
+    _check_inputs(model, served, tokens, attention_mask, options.max_new_tokens)
     served = _route(served, task_ids, tokens.shape[0], model.config)
     if options.strategy == "sample" and rng is None:
         raise ValueError("strategy='sample' needs an rng key.")
@@ -347,18 +349,26 @@ def _prefill(model, base_params, served, tokens, attention_mask, max_new_tokens)
     rows, source_len = tokens.shape
     prompt = served.get("prompt")
     num_prompt = 0 if prompt is None else prompt.shape[1]
+    per_row = lambda x: jnp.repeat(x, rows // served["mask"].shape[0], axis=0)  # Groups -> rows.
     cache = gpt2.init_cache(model.config, rows, num_prompt + source_len + max_new_tokens)
     valid = [attention_mask.astype(bool), jnp.ones((rows, max_new_tokens), bool)]
     if prompt is not None:
-        valid.insert(0, jnp.repeat(served["mask"], rows // served["mask"].shape[0], axis=0))
+        valid.insert(0, per_row(served["mask"]))
     cache_valid = jnp.concatenate(valid, axis=1)
     positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0)
+    lengths = attention_mask.sum(axis=1)
+    queries = None
+    if "infix" in served:  # Only the source's last row sees it; it and the new rows move by its length.
+        infix = per_row(served["infix"])
+        last = jnp.arange(source_len) == source_len - 1
+        shift = jnp.where(infix, per_row(served["mask"].sum(axis=1)), 0)
+        queries = ~infix[:, None] | last[None]
+        positions, lengths = positions + shift[:, None] * last[None], lengths + shift
     prefix, prefix_valid = _prefix_entries(served)
     logits, cache = model.apply(
         {"params": base_params}, tokens, positions, cache, 0, cache_valid,
-        prefix=prefix, prefix_valid=prefix_valid, prompt=prompt, method=gpt2.GPT2.decode_step,
+        prefix=prefix, prefix_valid=prefix_valid, prefix_queries=queries, prompt=prompt, method=gpt2.GPT2.decode_step,
     )
-    lengths = attention_mask.sum(axis=1)
     return logits, cache, cache_valid, lengths, num_prompt + source_len
 
 

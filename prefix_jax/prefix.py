@@ -168,12 +168,14 @@ def after_source(loss_mask: jax.Array) -> jax.Array:
 
 
 def model_inputs(
-    spec: Optional[PrefixSpec], params: Params, config: gpt2.GPT2Config, loss_mask: Optional[jax.Array] = None
+    spec: Optional[PrefixSpec], params: Params, config: gpt2.GPT2Config, loss_mask: Optional[jax.Array] = None,
+    positions: Optional[jax.Array] = None,
 ) -> dict:
     """Keyword arguments for `GPT2.__call__`: `prefix=` (one entry per layer) or `prompt=`.
 
     An infix also needs the batch's `loss_mask` ([batch, m]) to know where each source
-    ends; it returns `prefix_queries` and `positions` (shifted by n after the source).
+    ends; it returns `prefix_queries` and `positions`: the rows' own `positions`
+    (default 0..m-1; left-padded decoding passes its own) shifted by n after the source.
     A sequence with an infix must fit in length + n <= max_len: positions past the
     model's table are clamped to its last one, which only batch padding should reach.
     """
@@ -191,7 +193,8 @@ def model_inputs(
     if loss_mask is None:
         raise ValueError("An infix needs the batch's loss_mask to know where each source ends.")
     after = after_source(loss_mask)
-    positions = jnp.minimum(jnp.arange(after.shape[1]) + spec.length * after, config.max_len - 1)
+    positions = jnp.arange(after.shape[1]) if positions is None else positions
+    positions = jnp.minimum(positions + spec.length * after, config.max_len - 1)
     return {**inputs, "prefix_queries": after, "positions": positions}
 
 

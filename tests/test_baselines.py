@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from experiments import webnlg_small_row
-from prefix_jax import decode, train, trainable
+from prefix_jax import decode, peft_adapter, train, trainable
 from prefix_jax import prefix as prefix_lib
 from prefix_jax.models import gpt2
 from test_train import _batch, _config, _leaves_with_labels, _sharp_base
@@ -175,13 +175,17 @@ def test_infix_matches_its_literal_definition(config, model, base_params):
         assert np.abs(logits[row, start:] - plain[row, start:]).min() > 1e-3
 
 
-def test_infix_refuses_to_decode_or_export(config, model, base_params):
+def test_infix_needs_the_loss_mask_room_for_itself_and_no_peft(config, model, base_params):
     spec = prefix_lib.PrefixSpec(kind="infix", length=2)
     params = prefix_lib.init_random(spec, config, jax.random.key(6))
-    with pytest.raises(NotImplementedError, match="Decoding with an infix is not implemented"):
-        decode.serve(spec, params, model, base_params)
     with pytest.raises(ValueError, match="needs the batch's loss_mask"):
         prefix_lib.model_inputs(spec, params, config)
+    with pytest.raises(peft_adapter.AdapterFormatError, match="PEFT prefix tuning cannot express that"):
+        peft_adapter.as_kv(spec, params, model)
+    tokens = np.ones((1, config.max_len - 4), np.int32)
+    served = decode.serve(spec, params, model, base_params)
+    with pytest.raises(ValueError, match=r"4 new tokens \+ an infix of 2 exceeds max_len"):
+        decode.generate(base_params, served, tokens, tokens, model=model, options=decode.Options(max_new_tokens=4), eos_id=0)
 
 
 @pytest.mark.parametrize("method", sorted(webnlg_small_row.METHODS))

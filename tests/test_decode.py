@@ -15,19 +15,23 @@ from prefix_jax.models import gpt2
 EOS = 36
 
 
-def _step_by_step(model, base_params, inputs, source, steps):
-    """Argmax one token at a time on the growing, unpadded sequence."""
+def _step_by_step(model, base_params, spec, prefix, source, steps):
+    """Argmax one token at a time on the growing, unpadded sequence, fed as in training:
+    a slot for the token to predict, the loss mask on the new tokens (an infix needs it)."""
     tokens = list(source)
     for _ in range(steps):
-        logits = model.apply({"params": base_params}, jnp.array([tokens]), **inputs)
-        tokens.append(int(jnp.argmax(logits[0, -1])))
+        targets = (jnp.arange(len(tokens) + 1) >= len(source))[None]
+        inputs = prefix_lib.model_inputs(spec, prefix, model.config, loss_mask=targets)
+        logits = model.apply({"params": base_params}, jnp.array([tokens + [0]]), **inputs)
+        tokens.append(int(jnp.argmax(logits[0, -2])))
         if tokens[-1] == EOS:
             break
     return tokens[len(source):]
 
 
-def test_greedy_matches_step_by_step_decoding(config, model, base_params):
-    spec = prefix_lib.PrefixSpec(kind="kv", length=3)
+@pytest.mark.parametrize("kind", ["kv", "infix"])
+def test_greedy_matches_step_by_step_decoding(config, model, base_params, kind):
+    spec = prefix_lib.PrefixSpec(kind=kind, length=3)
     prefix = prefix_lib.init_random(spec, config, jax.random.key(7))
     prefix = {name: 40 * value for name, value in prefix.items()}  # A prefix that matters.
     sources = [[3, 9, 4, 1, 5], [7, 2], [11, 30, 8]]
@@ -37,10 +41,9 @@ def test_greedy_matches_step_by_step_decoding(config, model, base_params):
         {"base": base_params, "prefix": prefix}, tokens, mask, model=model, spec=spec,
         max_new_tokens=8, eos_id=EOS,
     )
-    inputs = prefix_lib.model_inputs(spec, prefix, config)
     got = decode.strip_after_eos(new, EOS)
     for row, source in enumerate(sources):
-        want = _step_by_step(model, base_params, inputs, source, 8)
+        want = _step_by_step(model, base_params, spec, prefix, source, 8)
         assert got[row] == [t for t in want if t != EOS], row
     assert len({tuple(g) for g in got}) > 1, "rows should differ"
 
@@ -58,6 +61,8 @@ PREFIXES = {  # name -> (spec, scale): scaled so that the prefix changes the gen
     "kv": (prefix_lib.PrefixSpec(kind="kv", length=3), 40.0),
     "kv_reparam": (prefix_lib.PrefixSpec(kind="kv", length=3, reparam_dim=8), 1.0),
     "prompt": (prefix_lib.PrefixSpec(kind="prompt", length=3), 40.0),
+    "infix": (prefix_lib.PrefixSpec(kind="infix", length=3, reparam_dim=8), 1.0),
+    "infix_plain": (prefix_lib.PrefixSpec(kind="infix", length=3), 40.0),
 }
 
 
@@ -101,7 +106,7 @@ def test_cached_greedy_of_literal_hidden_prefix_matches_reference(config, model,
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("name", ["none", "kv", "prompt"])
+@pytest.mark.parametrize("name", ["none", "kv", "prompt", "infix"])
 def test_beam_of_one_is_greedy(config, model, base_params, name):
     spec, prefix = _task(config, name)
     served = decode.serve(spec, prefix, model, base_params)
@@ -197,7 +202,7 @@ def test_options_reject_bad_values():
 
 # --- Multi-tenant serving: a bank of prefixes, one task per row. ---
 
-@pytest.mark.parametrize("names", [("kv", "hidden", "kv_reparam"), ("prompt", "prompt")])
+@pytest.mark.parametrize("names", [("kv", "hidden", "kv_reparam"), ("prompt", "prompt"), ("infix_plain", "kv", "infix")])
 def test_multi_tenant_batch_equals_single_task_runs(config, model, base_params, names):
     lengths = (2, 4, 3)
     tasks = []
@@ -220,7 +225,8 @@ def test_multi_tenant_batch_equals_single_task_runs(config, model, base_params, 
     for row, task in enumerate(task_ids):
         single = dict(model=model, eos_id=EOS)
         alone = decode.forward(base_params, tasks[task], tokens, mask, model=model)
-        np.testing.assert_allclose(mixed_logits[row], alone[row], atol=1e-5, rtol=1e-5)
+        real = mask[row] == 1  # Padding rows attend to nothing real (with an infix, not even the prefix).
+        np.testing.assert_allclose(mixed_logits[row][real], alone[row][real], atol=1e-5, rtol=1e-5)
         np.testing.assert_array_equal(mixed[row], decode.generate(base_params, tasks[task], tokens, mask, options=options, **single)[row])
         np.testing.assert_array_equal(mixed_beam[row], decode.generate(base_params, tasks[task], tokens, mask, options=beam, **single)[row])
         outputs.add((task, tuple(np.asarray(decode.generate(base_params, tasks[task], tokens[:1], mask[:1], options=options, **single))[0])))

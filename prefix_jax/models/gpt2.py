@@ -381,16 +381,19 @@ class GPT2(nn.Module):
             x = self._run_layer(layer, x, valid, entry, prefix_mask, prefix_queries, literal_prefix, deterministic)
         return self.logits(x[:, num_prompt:])
 
-    def decode_step(self, tokens, positions, cache, index, cache_valid, *, prefix=None, prefix_valid=None, prompt=None):
+    def decode_step(self, tokens, positions, cache, index, cache_valid, *, prefix=None, prefix_valid=None,
+                    prefix_queries=None, prompt=None):
         """Runs `tokens` at cache slots `index`.. (after `prompt` rows, if given); jit-safe.
 
         tokens, positions: [rows, q]. cache: one {"key", "value"} [rows, cache_len, heads,
         head_dim] per layer (`init_cache`). cache_valid: [rows, cache_len] bool, False for
         padding; slots after a query are masked causally whatever it says. prefix: None or
         one {"key", "value"} [groups, n, heads, head_dim] (or None) per layer, already
-        compiled to K/V, with prefix_valid [groups, n]; groups divide rows. prompt:
-        [groups, n_prompt, embed] soft tokens, given only on the call that fills the cache's
-        first slots (the prefill). Returns (logits [rows, q, vocab], updated cache).
+        compiled to K/V, with prefix_valid [groups, n]; groups divide rows. prefix_queries:
+        [rows, q] bool, the queries that see the prefix (default all; an infix, as in
+        `__call__`). prompt: [groups, n_prompt, embed] soft tokens, given only on the call
+        that fills the cache's first slots (the prefill). Returns (logits [rows, q, vocab],
+        updated cache).
         """
         rows, q = tokens.shape
         x = self.embed(tokens, positions)
@@ -410,6 +413,10 @@ class GPT2(nn.Module):
                 prefix_valid = jnp.ones((1, n), bool)
             seen = jnp.repeat(prefix_valid.astype(bool), rows // prefix_valid.shape[0], axis=0)
             seen = jnp.broadcast_to(seen[:, None, None, :], (rows, 1, num_prompt + q, n))
+            if prefix_queries is not None:
+                if num_prompt:
+                    raise ValueError("prefix_queries (an infix) and a prompt do not combine.")
+                seen = seen & prefix_queries.astype(bool)[:, None, :, None]
             mask = jnp.concatenate([seen, jnp.broadcast_to(mask, (rows, 1, num_prompt + q, cache_len))], axis=-1)
         new_cache = []
         for layer, entry, layer_cache in zip(self.layers, prefix, cache):

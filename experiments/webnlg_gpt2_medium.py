@@ -11,6 +11,12 @@ directory with config.json, model.safetensors and tokenizer.json):
       --workdir=workdir/webnlg_gpt2_medium
 then `decode` (same flags) for generations and BLEU/METEOR/TER (seen/unseen/all), `export --out=DIR` for a
 PEFT adapter.
+Baseline rows (`,METHOD` after the directory; ft, ft-top2, adapter-0.1, adapter-3 with
+the numbers below, the ablations prefix-hidden, emb-1, emb-10, infix with the prefix's):
+the baselines' learning rates, epochs and batch sizes are Appendix A's as we recall it
+(no copy of the paper here to check against);
+ft's (lr 1e-5, 10 epochs, batch 6) is also the official code's (train_e2e.py's
+default finetuned_model_path); check the others against the paper before quoting a row.
 Result: not yet run.
 """
 
@@ -25,9 +31,12 @@ def get_config(arg=None):
             train_path="data/webnlg2017_train_dev.tar.xz",
             dev_path="data/webnlg2017_train_dev.tar.xz",
         ),
-        lr=5e-5,
-        prefix_length=5,
-        batch_size=5,
-        epochs=5,
+        prefix=dict(lr=5e-5, epochs=5, batch_size=5, length=5),
+        baselines={
+            "ft": dict(lr=1e-5, epochs=10, batch_size=6),
+            "ft-top2": dict(lr=5e-5, epochs=10, batch_size=9),
+            "adapter-0.1": dict(lr=5e-5, epochs=10, batch_size=5),
+            "adapter-3": dict(lr=5e-5, epochs=5, batch_size=5),
+        },
         train_pairs=18025,
     )

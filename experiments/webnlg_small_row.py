@@ -6,7 +6,7 @@ length is the prefix / EMB / infix length, size the number of WebNLG training in
 (low-data runs: 0 = all), seed the training seed (prefix init, adapter init, batch
 order; the low-data subset is the first `size` inputs whatever the seed).
 
-Methods (the embedded 4-layer model has 4,339,200 base parameters):
+Methods (experiments/methods.py; the embedded 4-layer model has 4,339,200 base parameters):
   ft           full fine-tuning                                   lr 5e-4
   ft-top2      fine-tune the top 2 layers (FT-top2)               lr 5e-4
   adapter-0.1  Houlsby adapters r=1:  6,152 params (0.14%)        lr 2e-3
@@ -30,35 +30,25 @@ Every run of the table and sweeps: python -m experiments.webnlg_small_table.
 Result: not yet run.
 """
 
-from experiments import webnlg_small
+from experiments import methods, webnlg_small
 
 EFFICIENT_LR, FT_LR = 2e-3, 5e-4
-METHODS = {
-    "ft": dict(prefix=dict(kind="none"), train=dict(mode="full", lr=FT_LR)),
-    "ft-top2": dict(prefix=dict(kind="none"), train=dict(mode="top_k", top_k=2, lr=FT_LR)),
-    "adapter-0.1": dict(prefix=dict(kind="none"), train=dict(mode="adapter"), model=dict(adapter_dim=1)),
-    "adapter-3": dict(prefix=dict(kind="none"), train=dict(mode="adapter"), model=dict(adapter_dim=32)),
-    "prefix-kv": {},
-    "prefix-hidden": dict(prefix=dict(kind="hidden", reparam_dim=0)),
-    "emb-1": dict(prefix=dict(kind="prompt", length=1, reparam_dim=0)),
-    "emb-10": dict(prefix=dict(kind="prompt", length=10, reparam_dim=0)),
-    "infix": dict(prefix=dict(kind="infix")),
-}
+ADAPTER_DIMS = {"adapter-0.1": 1, "adapter-3": 32}
+METHODS = methods.METHODS
 SWEEP_KEYS = ("length", "size", "seed")
 
 
 def parse_arg(arg: str) -> tuple[str, dict]:
     """"METHOD[,key=value]..." -> (method, {key: int}); unknown methods or keys are errors."""
     method, *pairs = (arg or "").split(",")
-    if method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}; give one of {sorted(METHODS)} after the config file.")
+    methods.check(method)
     options = {}
     for pair in pairs:
         key, _, value = pair.partition("=")
         if key not in SWEEP_KEYS or not value.isdigit():
             raise ValueError(f"Bad option {pair!r} in {arg!r}; expected one of {SWEEP_KEYS} as key=<integer>.")
         options[key] = int(value)
-    if "length" in options and METHODS[method].get("prefix", {}).get("kind") == "none":
+    if "length" in options and not methods.has_prefix(method):
         raise ValueError(f"Method {method!r} has no prefix; length= does not apply.")
     return method, options
 
@@ -66,8 +56,8 @@ def parse_arg(arg: str) -> tuple[str, dict]:
 def get_config(arg=None):
     method, options = parse_arg(arg)
     config = webnlg_small.get_config()
-    for section, values in METHODS[method].items():
-        config[section].update(values)
+    methods.apply(config, method, ADAPTER_DIMS)
+    config.train.lr = FT_LR if method in methods.WHOLE_LAYERS else EFFICIENT_LR
     if "length" in options:
         config.prefix.length = options["length"]
     if options.get("size"):

@@ -241,7 +241,7 @@ def write(runs_dir: str, out_dir: str, split: str = "dev") -> str:
     """Writes report.md and its plots into `out_dir`; returns report.md's path."""
     runs = load_runs(runs_dir, split)
     os.makedirs(out_dir, exist_ok=True)
-    parts = [f"# Report: {os.path.abspath(runs_dir)} ({split})\n",
+    parts = [f"# Report: {os.path.normpath(runs_dir)} ({split})\n",
              f"{len(runs)} runs. Scores are means over each method's runs; \"–\": not available "
              "(not decoded, or the metric was not computed). % params: served prefix / base for prefixes, "
              "trainable / base otherwise.\n"]

@@ -14,7 +14,7 @@ lacks shows as "–" and is left out of plots; nothing is required beyond the co
   <data>_training_size.png     dev metric against training-set size, mean and spread over
                                seeds, a line per method (Fig. 3: prefix vs fine-tuning)
   <data>_training_curves.png   train and dev loss against step of the full-data runs
-The dev metric is BLEU (all categories) where runs have it, else the best dev loss.
+The plots show dev BLEU (all categories) where runs have it, and the best dev loss.
 """
 
 import argparse
@@ -154,16 +154,21 @@ def table(runs: list[Run], layout: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def dev_metric(runs: list[Run]) -> tuple[str, Callable[[Run], Optional[float]]]:
-    """(label, value of a run): BLEU over all inputs where any run has it, else best dev loss."""
+Metric = tuple[str, Callable[[Run], Optional[float]]]  # (label, a run's value or None)
+
+
+def dev_metrics(runs: list[Run]) -> list[Metric]:
+    """What the plots show: BLEU over all inputs where any run has it, and the best dev loss
+    (at small scale BLEU sits near its floor and is noisy; the loss still ranks runs)."""
+    loss = ("best dev loss", lambda r: r.summary.get("best_dev_loss"))
     if any(r.score("bleu") is not None for r in runs):
-        return "dev BLEU", lambda r: r.score("bleu")
-    return "best dev loss", lambda r: r.summary.get("best_dev_loss")
+        return [("dev BLEU", lambda r: r.score("bleu")), loss]
+    return [loss]
 
 
-def _lines(runs: list[Run], x: Callable[[Run], float]) -> tuple[str, dict]:
+def _lines(runs: list[Run], x: Callable[[Run], float], metric: Metric) -> tuple[str, dict]:
     """(metric label, {family: (xs, means, stds)}) over runs that have the metric."""
-    label, value = dev_metric(runs)
+    label, value = metric
     points = collections.defaultdict(lambda: collections.defaultdict(list))
     for run in runs:
         if (v := value(run)) is not None:
@@ -175,19 +180,23 @@ def _lines(runs: list[Run], x: Callable[[Run], float]) -> tuple[str, dict]:
     return label, lines
 
 
-def _plot(path: str, label: str, lines: dict, xlabel: str, title: str, log_x: bool = False) -> None:
+def _plot(path: str, panels: list[tuple[str, dict]], xlabel: str, title: str, log_x: bool = False) -> None:
+    """One panel per (metric label, lines) that has lines: mean, spread over seeds as error bars."""
+    panels = [(label, lines) for label, lines in panels if lines]
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(5.5, 4))
-    for name, (xs, means, stds) in lines.items():
-        axis.errorbar(xs, means, yerr=stds if any(stds) else None, marker="o", capsize=3, label=name)
-    if log_x:
-        axis.set_xscale("log")
-    axis.set(xlabel=xlabel, ylabel=label, title=title)
-    axis.legend()
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for axis, (label, lines) in zip(axes[0], panels):
+        for name, (xs, means, stds) in lines.items():
+            axis.errorbar(xs, means, yerr=stds if any(stds) else None, marker="o", capsize=3, label=name)
+        if log_x:
+            axis.set_xscale("log")
+        axis.set(xlabel=xlabel, ylabel=label, title=label)
+        axis.legend()
+    figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -221,15 +230,16 @@ def _section(runs: list[Run], layout: str, out_dir: str) -> list[str]:
         parts += ["### Full training data\n", table(full, layout)]
     for size in sorted({r.size for r in sizes}):
         parts += [f"### {size} training inputs\n", table([r for r in sizes if r.size == size], layout)]
-    label, lines = _lines([r for r in full if r.config["train"]["mode"] == "prefix"], lambda r: r.config["prefix"]["length"])
-    if any(len(xs) > 1 for xs, _, _ in lines.values()):
-        _plot(os.path.join(out_dir, f"{layout}_prefix_length.png"), label, lines, "prefix length",
-              f"{layout}: {label} vs prefix length")
+    prefixes = [r for r in full if r.config["train"]["mode"] == "prefix"]
+    panels = [_lines(prefixes, lambda r: r.config["prefix"]["length"], m) for m in dev_metrics(prefixes)]
+    if any(len(xs) > 1 for _, lines in panels for xs, _, _ in lines.values()):
+        _plot(os.path.join(out_dir, f"{layout}_prefix_length.png"), panels, "prefix length",
+              f"{layout}: dev metrics vs prefix length")
         parts.append(f"### Prefix length\n\n![dev metric vs prefix length]({layout}_prefix_length.png)\n")
-    label, lines = _lines(sizes, lambda r: r.size)
-    if lines:
-        _plot(os.path.join(out_dir, f"{layout}_training_size.png"), label, lines, "training inputs",
-              f"{layout}: {label} vs training-set size", log_x=True)
+    panels = [_lines(sizes, lambda r: r.size, m) for m in dev_metrics(sizes)]
+    if any(lines for _, lines in panels):
+        _plot(os.path.join(out_dir, f"{layout}_training_size.png"), panels, "training inputs",
+              f"{layout}: dev metrics vs training-set size (mean and std over seeds)", log_x=True)
         parts.append(f"### Training-set size\n\n![dev metric vs training-set size]({layout}_training_size.png)\n")
     if curves := [r for r in full if r.curve]:
         plot_curves(curves, os.path.join(out_dir, f"{layout}_training_curves.png"))

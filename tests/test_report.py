@@ -82,9 +82,13 @@ def test_report_lines_follow_the_dev_metric(tmp_path):
     _run(runs, "b", "prefix-kv,size=50,seed=1", scores=_webnlg(7.0, 0.9))
     _run(runs, "c", "prefix-kv,size=100,seed=0", scores=_webnlg(9.0, 0.9))
     _run(runs, "d", "ft,size=50,seed=0", summary=_summary(4000, 1.5))  # No BLEU: left out.
-    label, lines = report._lines(report.load_runs(runs), lambda r: r.size)
+    loaded = report.load_runs(runs)
+    bleu, loss = report.dev_metrics(loaded)
+    label, lines = report._lines(loaded, lambda r: r.size, bleu)
     assert label == "dev BLEU"
     assert lines == {"Prefix (kv)": ([50, 100], [6.0, 9.0], [1.0, 0.0])}
+    label, lines = report._lines(loaded, lambda r: r.size, loss)
+    assert label == "best dev loss" and lines["FT"] == ([50], [1.5], [0.0])  # Every run has a loss.
 
 
 def test_report_needs_runs(tmp_path):

@@ -10,9 +10,9 @@ lacks shows as "–" and is left out of plots; nothing is required beyond the co
   report.md                    per data set: a table (columns as metrics.paper lays
                                them out) for the full-data runs and one per training-set
                                size, one row per method, the mean over seeds; then its plots:
-  <data>_prefix_length.png     dev metric against prefix length, a line per prefix kind (Fig. 5)
+  <data>_prefix_length.png     dev metric against prefix length, a line per prefix kind (section 7.1)
   <data>_training_size.png     dev metric against training-set size, mean and spread over
-                               seeds, a line per method (Fig. 3: prefix vs fine-tuning)
+                               seeds, a line per method (section 6.3: prefix vs fine-tuning)
   <data>_training_curves.png   train and dev loss against step of the full-data runs
 The plots show dev BLEU (all categories) where runs have it, and the best dev loss.
 """

@@ -54,13 +54,14 @@ def greedy(params, tokens, attention_mask, *, model, spec, max_new_tokens: int, 
                   model.config)
     buffer = jnp.concatenate([tokens, jnp.zeros((batch, max_new_tokens), tokens.dtype)], axis=1)
     mask = jnp.concatenate([attention_mask, jnp.zeros((batch, max_new_tokens), attention_mask.dtype)], axis=1)
+    # Every slot's position once all are written; a slot not yet written is never read (causal).
+    positions = jnp.maximum(jnp.cumsum(mask.at[:, source_len:].set(1), axis=1) - 1, 0)
     new_slots = jnp.broadcast_to(jnp.arange(buffer.shape[1]) >= source_len, buffer.shape)  # Targets, for an infix.
+    inputs = {"positions": positions, **prefix_lib.model_inputs(
+        spec, params.get("prefix", {}), model.config, loss_mask=new_slots, positions=positions)}
 
     def step(t, carry):
         buffer, mask, done = carry
-        positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
-        inputs = {"positions": positions, **prefix_lib.model_inputs(
-            spec, params.get("prefix", {}), model.config, loss_mask=new_slots, positions=positions)}
         logits = model.apply({"params": params["base"]}, buffer, attention_mask=mask, **inputs)
         chosen = jnp.argmax(logits[:, source_len + t - 1], axis=-1).astype(buffer.dtype)
         chosen = jnp.where(done, eos_id, chosen)

@@ -1,12 +1,11 @@
 """The paper-setting configs (GPT-2 medium, BART-large) hold the paper's hyper-parameters (no torch needed)."""
 
-import jax
 import pytest
 
 from experiments import dart_gpt2_medium, e2e_gpt2_medium, methods, webnlg_gpt2_medium, xsum_bart_large
-from prefix_jax import prefix as prefix_lib
-from prefix_jax import train, trainable
+from prefix_jax import train
 from prefix_jax.models import bart, gpt2
+from test_baselines import trained_params
 
 
 @pytest.mark.parametrize(
@@ -54,13 +53,7 @@ def test_every_table_row_has_a_gpt2_medium_config(method):
     """One config per (method, data set): the method's trainable set, the baselines' own
     hyper-parameters, adapters at the paper's 0.1% / 3% of GPT-2 medium."""
     config = webnlg_gpt2_medium.get_config(f"/models/gpt2-medium,{method}")
-    model = gpt2.GPT2(train.model_config(config))
-    spec = train.prefix_spec(config)
-    params = {"base": jax.eval_shape(lambda key: gpt2.init_params(model, key), jax.random.key(0))}
-    if spec is not None:
-        params["prefix"] = jax.eval_shape(lambda key: prefix_lib.init_random(spec, model.config, key), jax.random.key(0))
-    labels = trainable.label_params(params, config.train.mode, num_layers=24, top_k=config.train.top_k)
-    share = prefix_lib.num_params(trainable.partition(params, labels)[0]) / 354_823_168
+    share = trained_params(config) / 354_823_168
     want_share = {"ft": (1.0, 1.0), "ft-top2": (0.07, 0.08), "adapter-0.1": (0.0009, 0.0011),
                   "adapter-3": (0.029, 0.031), "emb-1": (2.8e-6, 2.9e-6)}
     low, high = want_share.get(method, (0, 0.1))

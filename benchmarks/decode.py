@@ -27,7 +27,7 @@ import numpy as np
 
 from benchmarks import common
 from prefix_jax import decode, prefix
-from prefix_jax.models import gpt2
+from prefix_jax.models import families
 
 
 SHAPES = {  # batch, source length, the two generation lengths, tasks in the multi-tenant batch.
@@ -53,15 +53,16 @@ def _timed(runners: dict, repetitions: int) -> tuple[dict, dict]:
 
 def benchmark(size: str, repetitions: int) -> dict:
     shape = SHAPES[size]
-    config = gpt2.GPT2Config(**common.MODELS[size])
-    model = gpt2.GPT2(config)
-    base = gpt2.init_params(model, jax.random.key(0))
+    family = families.get("gpt2")
+    config = family.config_class(**common.MODELS[size])
+    model = family.make(config)
+    base = family.init_params(model, jax.random.key(0))
     batch, source_length, tasks = shape["batch_size"], shape["source_length"], shape["tasks"]
     tokens = jax.random.randint(jax.random.key(1), (batch, source_length), 0, config.vocab_size)
     mask = jnp.ones_like(tokens)
     spec = prefix.PrefixSpec(kind="hidden", length=PREFIX_LENGTH)
     literal = prefix.PrefixSpec(kind="hidden", length=PREFIX_LENGTH, literal=True)
-    hidden = prefix.init_random(spec, config, jax.random.key(2))
+    hidden = prefix.init_random(spec, config.prefix_geometry, jax.random.key(2))
     served = decode.serve(spec, hidden, model, base)
 
     cached_runners, reference_runners = {}, {}
@@ -101,7 +102,7 @@ def benchmark(size: str, repetitions: int) -> dict:
     task_prefixes = [
         decode.serve(
             prefix.PrefixSpec(kind="hidden", length=n), prefix.init_random(
-                prefix.PrefixSpec(kind="hidden", length=n), config, jax.random.key(10 + t)),
+                prefix.PrefixSpec(kind="hidden", length=n), config.prefix_geometry, jax.random.key(10 + t)),
             model, base,
         )
         for t, n in enumerate(lengths)

@@ -28,13 +28,25 @@ def bart_model(**dims) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(fields | dims)
 
 
+def llama_model(**dims) -> ml_collections.ConfigDict:
+    """A Llama-style decoder's model section (models/llama.py: RoPE, RMSNorm, SwiGLU, grouped-query
+    attention). The defaults are a random tiny GQA model for smoke runs."""
+    fields = dict(family="llama", vocab_size=257, num_layers=2, num_heads=4, num_kv_heads=2, d_model=64, d_ff=128,
+                  max_len=1024, head_dim=16, rope_theta=10000.0, rms_norm_epsilon=1e-5, tie_embeddings=False,
+                  adapter_dim=0, dtype="float32")
+    unknown = set(dims) - set(fields)
+    if unknown:
+        raise ValueError(f"llama_model got unknown fields {sorted(unknown)}; expected some of {sorted(fields)}.")
+    return ml_collections.ConfigDict(fields | dims)
+
+
 def base_config(arg=None) -> ml_collections.ConfigDict:
     if arg:
         raise ValueError(f"This experiment takes no config argument, got {arg!r}.")
     config = ml_collections.ConfigDict()
     config.model = ml_collections.ConfigDict(
         dict(
-            family="gpt2",  # gpt2 (decoder-only; these fields) | bart (encoder-decoder: bart_model())
+            family="gpt2",  # gpt2 (these fields) | llama (llama_model()) | bart (encoder-decoder: bart_model())
             vocab_size=257,  # The byte tokenizer: 256 bytes + <|endoftext|>.
             num_layers=2,
             num_heads=4,

@@ -16,7 +16,7 @@ import numpy as np
 from safetensors import flax as safetensors_flax
 
 from prefix_jax.data import tokenizer as tokenizer_lib
-from prefix_jax.models import bart, gpt2, llama
+from prefix_jax.models import bart, gpt2, layers, llama
 
 
 class CheckpointFormatError(ValueError):
@@ -168,7 +168,7 @@ def gpt2_params(tensors: dict, c: gpt2.GPT2Config, path: str = "") -> dict:
             "kernel": t.take(f"{h}.attn.c_proj.weight", (d, d)).reshape(heads, hd, d),
             "bias": t.take(f"{h}.attn.c_proj.bias", (d,)),
         }
-        params[gpt2.layer_name(i)] = {
+        params[layers.layer_name(i)] = {
             "ln_1": norm(f"{h}.ln_1"),
             "attn": attn,
             "ln_2": norm(f"{h}.ln_2"),
@@ -229,7 +229,7 @@ def llama_params(tensors: dict, c: llama.LlamaConfig, path: str = "") -> dict:
             )
         }
         attn["out"] = {"kernel": linear(f"{h}.self_attn.o_proj", d, c.num_heads * hd).reshape(c.num_heads, hd, d)}
-        params[gpt2.layer_name(i)] = {
+        params[layers.layer_name(i)] = {
             "attn_norm": {"scale": t.take(f"{h}.input_layernorm.weight", (d,))},
             "attn": attn,
             "mlp_norm": {"scale": t.take(f"{h}.post_attention_layernorm.weight", (d,))},
@@ -322,7 +322,7 @@ def bart_params(tensors: dict, c: bart.BartConfig, path: str = "") -> dict:
             if side == "decoder":
                 layer["cross_attn"] = attention(f"{h}.encoder_attn")
                 layer["cross_attn_norm"] = norm(f"{h}.encoder_attn_layer_norm")
-            params[f"{side}_{gpt2.layer_name(i)}"] = layer
+            params[f"{side}_{layers.layer_name(i)}"] = layer
     head = t.tensors.get("lm_head.weight")  # BART ties its head to the shared embedding.
     t.used.add("lm_head.weight")
     if head is not None and not np.array_equal(head, shared):

@@ -18,14 +18,14 @@ import numpy as np
 import tensorboardX
 from absl import logging
 
-from prefix_jax import bart_prefix, checkpoint, sharding, trainable
+from prefix_jax import checkpoint, sharding, trainable
 from prefix_jax import decode as decode_lib
 from prefix_jax import metrics
 from prefix_jax import prefix as prefix_lib
 from prefix_jax.data import pipeline, sources
 from prefix_jax.data import tokenizer as tokenizer_lib
 from prefix_jax.data.records import Example
-from prefix_jax.models import gpt2
+from prefix_jax.models import adapters, families
 from prefix_jax.train import Experiment, TrainState, create, evaluate_loss, make_step_fns
 
 
@@ -58,7 +58,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, train_data: bool =
             f"The tokenizer has {tokenizer.get_vocab_size()} tokens but model.vocab_size is "
             f"{config.model.vocab_size}; raise vocab_size or use a smaller tokenizer."
         )
-    if config.model.family == "bart":
+    if families.get(config.model.family).encoder_decoder:
         d = config.data
         encode = lambda split: pipeline.encode_seq2seq(
             sources.read(d, split), tokenizer, d.max_source_len, d.max_target_len)
@@ -176,11 +176,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     trained, _ = trainable.partition(state.params, run.exp.labels)
     summary: dict[str, Any] = {
         "trainable_params": prefix_lib.num_params(trained),
-        "base_params": prefix_lib.num_params(gpt2.split_adapters(state.params["base"])[0]),
+        "base_params": prefix_lib.num_params(adapters.split(state.params["base"])[0]),
     }
     if run.exp.spec is not None:
-        counter = bart_prefix if config.model.family == "bart" else prefix_lib
-        summary["prefix_params"] = counter.count_params(run.exp.spec, run.exp.model.config, state.params["base"])
+        summary["prefix_params"] = prefix_lib.count_params(
+            run.exp.spec, run.exp.model.config.prefix_geometry, state.params["base"])
     logging.info("Parameters: %s", summary)
     logging.info("Train: %d batches per epoch; dev: %d batches.", run.train_batches.batches_per_epoch,
                  run.dev_batches.batches_per_epoch)
@@ -287,45 +287,30 @@ def decode_options(c: ml_collections.ConfigDict) -> decode_lib.Options:
     )
 
 
-def _pad_rows(sequences: list, width: int, left: bool) -> tuple[np.ndarray, np.ndarray]:
-    """tokens, attention_mask [rows, width]. Decoder-only sources are left-padded (generation
-    continues them); BART's are right-padded, as in training (its positions count from column 0)."""
-    tokens, mask = np.zeros((len(sequences), width), np.int32), np.zeros((len(sequences), width), np.int32)
-    for row, sequence in enumerate(sequences):
-        columns = slice(width - len(sequence), width) if left else slice(0, len(sequence))
-        tokens[row, columns], mask[row, columns] = sequence, 1
-    return tokens, mask
-
-
 def _generate(config, exp: Experiment, params: dict, tokenizer, inputs: list[Example]) -> list[list[int]]:
     """Generated token ids (up to EOS) for every input, in batches of decode.batch_size.
 
     Decoder-only: the source in the training format, left-padded, continued with the KV-cache
     decoder. Encoder-decoder: the source as the encoder read it in training
-    (`data.max_source_len`), the decoder started from `pipeline.decoder_prompt`.
+    (`data.max_source_len`), right-padded, the decoder started from `pipeline.decoder_prompt`.
     """
     c = config.decode
     options, eos = decode_options(c), tokenizer_lib.eos_id(tokenizer)
-    if config.model.family == "bart":
-        served = bart_prefix.serve(exp.spec, params.get("prefix", {}), exp.model.config)
-        prompt = pipeline.decoder_prompt(tokenizer)
-        sources = [pipeline.encode_seq2seq_side(tokenizer, e.source, config.data.max_source_len)[0] for e in inputs]
-        room = config.data.max_source_len
-        run = lambda tokens, mask, rng: decode_lib.generate_seq2seq(
-            params["base"], served, tokens, mask, prompt, model=exp.model, options=options, eos_id=eos, rng=rng)
+    served = decode_lib.serve(exp.spec, params.get("prefix", {}), exp.model, params["base"])
+    if families.of(exp.model).encoder_decoder:
+        start_tokens, room = pipeline.decoder_prompt(tokenizer), config.data.max_source_len
+        sources = [pipeline.encode_seq2seq_side(tokenizer, e.source, room)[0] for e in inputs]
     else:
-        served = decode_lib.serve(exp.spec, params.get("prefix", {}), exp.model, params["base"])
-        room = config.model.max_len - c.max_new_tokens
+        start_tokens, room = (), config.model.max_len - c.max_new_tokens
         sources = [pipeline.encode_source(tokenizer, example.source)[-room:] for example in inputs]
-        run = lambda tokens, mask, rng: decode_lib.generate(
-            params["base"], served, tokens, mask, model=exp.model, options=options, eos_id=eos, rng=rng)
     generations = []
     for start in range(0, len(sources), c.batch_size):
         chunk = sources[start : start + c.batch_size]
         chunk += [chunk[0]] * (c.batch_size - len(chunk))  # One batch shape for every chunk.
         width = min(pipeline.bucket_width(max(map(len, chunk)), config.data.bucket_size), room)
-        tokens, mask = _pad_rows(chunk, width, left=config.model.family != "bart")
-        new = run(tokens, mask, jax.random.fold_in(jax.random.key(c.seed), start))
+        tokens, mask = decode_lib.pad_rows(chunk, width, left=not start_tokens)
+        new = decode_lib.generate(params["base"], served, tokens, mask, model=exp.model, options=options, eos_id=eos,
+                                  rng=jax.random.fold_in(jax.random.key(c.seed), start), start_tokens=start_tokens)
         generations += decode_lib.strip_after_eos(new, eos)[: len(sources) - start]
         logging.info("decoded %d/%d inputs", min(start + c.batch_size, len(sources)), len(sources))
     return generations

@@ -33,11 +33,6 @@ class AdapterFormatError(ValueError):
     """The adapter directory is not a PEFT prefix-tuning adapter for this model."""
 
 
-def _kv_heads(model_config) -> int:
-    """Heads of the keys and values (fewer than query heads under grouped-query attention)."""
-    return getattr(model_config, "num_kv_heads", model_config.num_heads)
-
-
 def positions(n: int, batch: int, m: int) -> jax.Array:
     """[batch, m] positions n..n+m-1: Hugging Face's convention behind a cache of n entries."""
     return jnp.broadcast_to(n + jnp.arange(m), (batch, m))
@@ -50,10 +45,10 @@ def to_prompt_embeddings(key: np.ndarray, value: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(kv.transpose(2, 0, 1, 3, 4).reshape(n, -1), np.float32)
 
 
-def from_prompt_embeddings(embeddings: np.ndarray, model_config) -> dict:
-    """PEFT's [n, L * 2 * heads * head_dim] -> {"key", "value"}, each [L, n, heads, head_dim]."""
+def from_prompt_embeddings(embeddings: np.ndarray, geometry) -> dict:
+    """PEFT's [n, L * 2 * kv_heads * head_dim] -> {"key", "value"}, each [L, n, kv_heads, head_dim]."""
     n = embeddings.shape[0]
-    shape = (n, model_config.num_layers, 2, _kv_heads(model_config), model_config.head_dim)
+    shape = (n, geometry.num_layers, 2, geometry.num_kv_heads, geometry.head_dim)
     kv = np.asarray(embeddings, np.float32).reshape(shape).transpose(2, 1, 0, 3, 4)
     return {"key": jnp.asarray(kv[0]), "value": jnp.asarray(kv[1])}
 
@@ -71,7 +66,7 @@ def as_kv(spec: prefix_lib.PrefixSpec, params: dict, model, base_params=None):
         if base_params is None:
             raise ValueError("Exporting a 'hidden' prefix needs the base params to compute its K/V.")
         return prefix_lib.hidden_to_kv(spec, params, model, base_params)
-    return prefix_lib.fold(spec, params, model.config)
+    return prefix_lib.fold(spec, params, model.config.prefix_geometry)
 
 
 def save(
@@ -82,20 +77,20 @@ def save(
     from safetensors.numpy import save_file
 
     _, kv = as_kv(spec, params, model, base_params)
-    c = model.config
+    g = model.config.prefix_geometry
     embeddings = to_prompt_embeddings(np.asarray(kv["key"]), np.asarray(kv["value"]))
-    token_dim = _kv_heads(c) * c.head_dim
+    token_dim = g.num_kv_heads * g.head_dim
     config = {
         "peft_type": "PREFIX_TUNING",
         "task_type": "CAUSAL_LM",
         "base_model_name_or_path": base_model_name_or_path or None,
         "inference_mode": True,
         "num_virtual_tokens": spec.length,
-        "num_layers": c.num_layers,
+        "num_layers": g.num_layers,
         "token_dim": token_dim,
-        "num_attention_heads": _kv_heads(c),
+        "num_attention_heads": g.num_kv_heads,
         "num_transformer_submodules": 1,
-        "encoder_hidden_size": c.d_model,
+        "encoder_hidden_size": g.d_model,
         "prefix_projection": False,  # The K/V are written folded.
     }
     os.makedirs(out_dir, exist_ok=True)
@@ -130,15 +125,15 @@ def _read(adapter_dir: str, expected: dict) -> tuple[dict, np.ndarray]:
 
 def load(adapter_dir: str, model_config) -> tuple[prefix_lib.PrefixSpec, dict]:
     """A decoder-only PEFT prefix adapter as (kv PrefixSpec, {"key", "value"} [L, n, heads, head_dim])."""
-    heads = _kv_heads(model_config)
+    g = model_config.prefix_geometry
     expected = {
-        "num_layers": model_config.num_layers,
-        "num_attention_heads": heads,
-        "token_dim": heads * model_config.head_dim,
+        "num_layers": g.num_layers,
+        "num_attention_heads": g.num_kv_heads,
+        "token_dim": g.num_kv_heads * g.head_dim,
         "num_transformer_submodules": 1,
     }
     config, embeddings = _read(adapter_dir, expected)
-    return prefix_lib.PrefixSpec(kind="kv", length=config["num_virtual_tokens"]), from_prompt_embeddings(embeddings, model_config)
+    return prefix_lib.PrefixSpec(kind="kv", length=config["num_virtual_tokens"]), from_prompt_embeddings(embeddings, g)
 
 
 def load_encoder_decoder(adapter_dir: str, model_config) -> dict:

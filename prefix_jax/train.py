@@ -7,7 +7,7 @@ spec, optimizer, labels) are bound with `functools.partial` and jitted once in
 
 import dataclasses
 import functools
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -15,9 +15,9 @@ import ml_collections
 import optax
 from flax import struct
 
-from prefix_jax import bart_prefix, convert, sharding, trainable
+from prefix_jax import convert, sharding, trainable
 from prefix_jax import prefix as prefix_lib
-from prefix_jax.models import bart, gpt2, weights
+from prefix_jax.models import adapters, families, weights
 
 # Decoder-only: tokens, attention_mask, loss_mask [batch, len] int32 / int32 / float32.
 # Encoder-decoder: tokens, attention_mask [batch, m_enc]; decoder_tokens, labels,
@@ -69,21 +69,11 @@ def token_nll(logits: jax.Array, batch: Batch) -> tuple[jax.Array, jax.Array]:
 
 def forward(params, batch, rng, *, model, spec, deterministic):
     """Logits [batch, len, vocab] of the base model with the prefix in `params` (an
-    encoder-decoder's: of its decoder positions; BART here has no dropout)."""
-    if isinstance(model, bart.Bart):
-        return model.apply(
-            {"params": params["base"]}, batch["tokens"], batch["decoder_tokens"],
-            attention_mask=batch["attention_mask"], decoder_attention_mask=batch["decoder_attention_mask"],
-            **bart_prefix.model_inputs(spec, params.get("prefix", {}), model.config),
-        )
-    return model.apply(
-        {"params": params["base"]},
-        batch["tokens"],
-        attention_mask=batch["attention_mask"],
-        deterministic=deterministic,
-        rngs=None if rng is None else {"dropout": rng},
-        **prefix_lib.model_inputs(spec, params.get("prefix", {}), model.config, loss_mask=batch["loss_mask"]),
+    encoder-decoder's: of its decoder positions)."""
+    inputs = prefix_lib.model_inputs(
+        spec, params.get("prefix", {}), model.config.prefix_geometry, loss_mask=batch.get("loss_mask")
     )
+    return families.of(model).forward(model, params["base"], batch, inputs, rng, deterministic)
 
 
 LOSS_PER = ("token", "sequence")
@@ -133,7 +123,7 @@ def eval_step(params: dict, batch: Batch, *, model, spec) -> dict:
 class Experiment:
     """Everything static about a run, built from its config."""
 
-    model: gpt2.GPT2 | bart.Bart
+    model: Any  # The family's flax module (models/families.py).
     spec: Optional[prefix_lib.PrefixSpec]
     loss_per: str  # "token" or "sequence" (see loss_fn)
     labels: dict
@@ -143,31 +133,27 @@ class Experiment:
     state_shardings: TrainState  # A TrainState whose leaves are NamedShardings.
 
 
-FAMILIES = {"gpt2": gpt2.GPT2Config, "bart": bart.BartConfig}
 DTYPES = ("float32", "bfloat16", "float16")
 
 
 def model_config(config: ml_collections.ConfigDict):
-    """The model's frozen config (GPT2Config or BartConfig), picked by config.model.family."""
+    """The model's frozen config, of the family config.model.family names (models/families.py)."""
     fields = config.model.to_dict()
-    family = fields.pop("family")
-    if family not in FAMILIES:
-        raise ValueError(f"Unknown model.family {family!r}; expected one of {sorted(FAMILIES)}.")
-    cls = FAMILIES[family]
-    known = {f.name for f in dataclasses.fields(cls)}
-    required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
+    family = families.get(fields.pop("family"))
+    known = set(family.fields)
+    required = {f.name for f in dataclasses.fields(family.config_class) if f.default is dataclasses.MISSING}
     if wrong := sorted(set(fields) - known):
         raise ValueError(
-            f"config.model has fields {wrong} that a {family} model does not take (it takes {sorted(known)}); "
-            f"start the model section from experiments/common.py's {family} fields."
+            f"config.model has fields {wrong} that a {family.name} model does not take (it takes {sorted(known)}); "
+            f"start the model section from experiments/common.py's {family.name} fields."
         )
     if missing := sorted(required - set(fields)):
-        raise ValueError(f"config.model lacks {missing}, which a {family} model needs.")
+        raise ValueError(f"config.model lacks {missing}, which a {family.name} model needs.")
     if "dtype" in fields:
         if fields["dtype"] not in DTYPES:
             raise ValueError(f"Unknown model.dtype {fields['dtype']!r}; expected one of {DTYPES}.")
         fields["dtype"] = getattr(jnp, fields["dtype"])
-    return cls(**fields)
+    return family.config_class(**fields)
 
 
 def prefix_spec(config: ml_collections.ConfigDict) -> Optional[prefix_lib.PrefixSpec]:
@@ -185,17 +171,25 @@ def prefix_spec(config: ml_collections.ConfigDict) -> Optional[prefix_lib.Prefix
 
 
 def init_prefix(config, spec, model, base_params, rng) -> dict:
-    if isinstance(model, bart.Bart):
-        if config.prefix.init != "random":
-            raise ValueError(f"prefix.init={config.prefix.init!r} is not defined for an encoder-decoder; use 'random'.")
-        return bart_prefix.init_random(spec, model.config, rng)
     if config.prefix.init == "random":
-        return prefix_lib.init_random(spec, model.config, rng)
+        return prefix_lib.init_random(spec, model.config.prefix_geometry, rng)
     if config.prefix.init == "words":
         return prefix_lib.init_from_tokens(spec, model, base_params, config.prefix.init_tokens)
     raise ValueError(
         f"Unknown prefix.init {config.prefix.init!r}; expected one of {prefix_lib.INITS}."
     )
+
+
+def top_layers(family: families.Family, model_config, train_config) -> list:
+    """The layers mode 'top_k' trains (Li & Liang's FT-top2), checked against the model."""
+    if train_config.mode != "top_k":
+        return []
+    if family.top_layers is None:
+        raise ValueError(f"A {family.name} model trains in mode 'prefix' or 'full'; it offers no train.mode='top_k'.")
+    num_layers = model_config.num_layers
+    if not 1 <= train_config.top_k <= num_layers:
+        raise ValueError(f"top_k must be in [1, {num_layers}] for mode='top_k', got {train_config.top_k}.")
+    return family.top_layers(model_config, train_config.top_k)
 
 
 def create(config: ml_collections.ConfigDict, base_params: Optional[dict] = None, mesh=None):
@@ -212,13 +206,14 @@ def create(config: ml_collections.ConfigDict, base_params: Optional[dict] = None
         raise ValueError(f"Unknown train.loss_per {config.train.loss_per!r}; expected one of {LOSS_PER}.")
     mesh = mesh or sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
     replicated = sharding.replicated(mesh)
-    family = bart if config.model.family == "bart" else gpt2
-    model = bart.Bart(model_config(config)) if family is bart else gpt2.GPT2(model_config(config))
+    family = families.get(config.model.family)
+    model = family.make(model_config(config))
     spec = prefix_spec(config)
-    if family is bart and (config.train.mode == "top_k" or config.base_weights):
+    trained_layers = top_layers(family, model.config, config.train)
+    if family.encoder_decoder and config.base_weights:
         raise ValueError(
-            "An encoder-decoder trains in mode 'prefix' or 'full' from hf_checkpoint (or random weights); "
-            f"got train.mode={config.train.mode!r}, base_weights={config.base_weights!r}."
+            "An encoder-decoder trains from hf_checkpoint (or random weights); "
+            f"got base_weights={config.base_weights!r}."
         )
     base_rng, prefix_rng = jax.random.split(jax.random.key(config.train.seed))
     base_shardings = sharding.base_param_shardings(family.logical_axes(model), mesh, config.sharding.rules)
@@ -235,16 +230,13 @@ def create(config: ml_collections.ConfigDict, base_params: Optional[dict] = None
         init = jax.jit(lambda key: family.init_params(model, key), out_shardings=base_shardings)
         base_params = init(base_rng)
     else:
-        if family is gpt2:
-            base_params = gpt2.add_adapters(model, base_params, jax.random.fold_in(base_rng, 1))
+        base_params = adapters.add(model.config, base_params, jax.random.fold_in(base_rng, 1))
         base_params = jax.device_put(base_params, base_shardings)
     params = {"base": base_params}
     if spec is not None:
         prefix_params = init_prefix(config, spec, model, base_params, prefix_rng)
         params["prefix"] = jax.device_put(prefix_params, replicated)
-    labels = trainable.label_params(
-        params, config.train.mode, num_layers=getattr(model.config, "num_layers", 0), top_k=config.train.top_k
-    )
+    labels = trainable.label_params(params, config.train.mode, top_layers=trained_layers)
     tx, schedule = make_optimizer(config.train, labels)
     params_shardings = sharding.param_shardings(params, base_shardings, mesh)
     opt_shardings = sharding.opt_state_shardings(jax.eval_shape(tx.init, params), params_shardings, mesh)

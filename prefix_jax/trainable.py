@@ -19,12 +19,12 @@ Modes:
            the pre-trained weights are bitwise those of every other parameter-efficient mode.
 """
 
-from typing import Any
+from typing import Any, Sequence
 
 import optax
 from flax import traverse_util
 
-from prefix_jax.models import gpt2
+from prefix_jax.models import adapters
 
 TRAINABLE, FROZEN = "trainable", "frozen"
 MODES = ("prefix", "full", "top_k", "adapter")
@@ -32,11 +32,12 @@ MODES = ("prefix", "full", "top_k", "adapter")
 
 def _is_adapter(path: tuple) -> bool:
     """base/<layer>/<adapter name>/...: a leaf of one of the layers' adapters."""
-    return len(path) > 2 and path[0] == "base" and path[2] in gpt2.ADAPTERS
+    return len(path) > 2 and path[0] == "base" and path[2] in adapters.NAMES
 
 
-def label_params(params: dict, mode: str, *, num_layers: int, top_k: int = 0) -> dict:
-    """A tree shaped like `params` whose leaves are TRAINABLE or FROZEN."""
+def label_params(params: dict, mode: str, *, top_layers: Sequence[str] = ()) -> dict:
+    """A tree shaped like `params` whose leaves are TRAINABLE or FROZEN; mode 'top_k' trains
+    the base's subtrees named in `top_layers` (the family names its last k layers)."""
     if mode not in MODES:
         raise ValueError(f"Unknown training mode {mode!r}; expected one of {MODES}.")
     flat = traverse_util.flatten_dict(params)
@@ -50,9 +51,9 @@ def label_params(params: dict, mode: str, *, num_layers: int, top_k: int = 0) ->
         raise ValueError("mode='adapter' needs adapters; set model.adapter_dim > 0.")
     if mode != "adapter" and has_adapters:
         raise ValueError(f"The model has adapters (model.adapter_dim > 0) but mode={mode!r}; use mode='adapter' or adapter_dim=0.")
-    if mode == "top_k" and not 1 <= top_k <= num_layers:
-        raise ValueError(f"top_k must be in [1, {num_layers}] for mode='top_k', got {top_k}.")
-    top_layers = {gpt2.layer_name(i) for i in range(num_layers - top_k, num_layers)}
+    if mode == "top_k" and not top_layers:
+        raise ValueError("mode='top_k' needs the names of the layers to train.")
+    top_layers = set(top_layers)
 
     def label(path: tuple) -> str:
         group = path[0]

@@ -5,7 +5,7 @@ import os
 import jax
 import pytest
 
-from prefix_jax.models import gpt2
+from prefix_jax.models import gpt2, families
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
@@ -30,7 +30,7 @@ def model(config):
 def base_params(model):
     # GPT-2's 0.02 initialiser gives near-uniform attention in a model this small;
     # scaled up, a prefix moves the logits by O(1), far above float32 noise.
-    return jax.tree.map(lambda x: 3.0 * x, gpt2.init_params(model, jax.random.key(0)))
+    return jax.tree.map(lambda x: 3.0 * x, families.init_params(model, jax.random.key(0)))
 
 
 @pytest.fixture(scope="session")

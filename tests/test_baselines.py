@@ -10,7 +10,7 @@ import pytest
 from experiments import webnlg_small_row
 from prefix_jax import decode, peft_adapter, train, trainable
 from prefix_jax import prefix as prefix_lib
-from prefix_jax.models import gpt2
+from prefix_jax.models import gpt2, families, layers, adapters
 from test_train import _batch, _config, _leaves_with_labels, _sharp_base
 
 ADAPTER_DIM = 4
@@ -25,7 +25,7 @@ def _keys(path) -> tuple:
     [
         (
             {"prefix.kind": "none", "train.mode": "adapter", "model.adapter_dim": ADAPTER_DIM},
-            lambda keys: len(keys) > 2 and keys[2] in gpt2.ADAPTERS,
+            lambda keys: len(keys) > 2 and keys[2] in adapters.NAMES,
         ),
         ({"prefix.kind": "none", "train.mode": "top_k", "train.top_k": 2}, lambda keys: keys[1] in ("layers_1", "layers_2")),
         ({"prefix.kind": "prompt", "prefix.length": 1}, lambda keys: keys[0] == "prefix"),  # EMB-1
@@ -56,8 +56,8 @@ def _adapter_model(config):
 
 
 def test_untrained_adapters_leave_the_base_model_exactly(config, model, base_params, tokens):
-    with_adapters = gpt2.add_adapters(_adapter_model(config), base_params, jax.random.key(5))
-    assert gpt2.split_adapters(with_adapters)[0] == base_params  # The base weights are the same objects.
+    with_adapters = adapters.add(_adapter_model(config).config, base_params, jax.random.key(5))
+    assert adapters.split(with_adapters)[0] == base_params  # The base weights are the same objects.
     np.testing.assert_array_equal(
         _adapter_model(config).apply({"params": with_adapters}, tokens),
         model.apply({"params": base_params}, tokens),
@@ -67,11 +67,11 @@ def test_untrained_adapters_leave_the_base_model_exactly(config, model, base_par
 def test_trained_adapters_reach_the_decoder(config, base_params, tokens):
     """The cached decoder (prefill) runs the adapters exactly as the training forward does."""
     adapter_model = _adapter_model(config)
-    base, adapters = gpt2.split_adapters(gpt2.add_adapters(adapter_model, base_params, jax.random.key(5)))
-    leaves, tree = jax.tree.flatten(adapters)  # As if trained: every weight off its initial value.
+    base, trained = adapters.split(adapters.add(adapter_model.config, base_params, jax.random.key(5)))
+    leaves, tree = jax.tree.flatten(trained)  # As if trained: every weight off its initial value.
     keys = jax.random.split(jax.random.key(8), len(leaves))
-    adapters = tree.unflatten([jax.random.normal(key, x.shape) for key, x in zip(keys, leaves)])
-    params = {name: {**sub, **adapters.get(name, {})} for name, sub in base.items()}
+    trained = tree.unflatten([jax.random.normal(key, x.shape) for key, x in zip(keys, leaves)])
+    params = {name: {**sub, **trained.get(name, {})} for name, sub in base.items()}
     logits = adapter_model.apply({"params": params}, tokens)
     assert np.abs(logits - gpt2.GPT2(config).apply({"params": base_params}, tokens)).min() > 1e-3
     served = decode.forward(params, {}, tokens, jnp.ones_like(tokens), model=adapter_model)
@@ -88,9 +88,9 @@ def test_adapter_sizes_of_the_embedded_model():
         config.model = common.base_lm_model()
         config.model.adapter_dim = r
         model = gpt2.GPT2(train.model_config(config))
-        abstract = jax.eval_shape(lambda key: gpt2.init_params(model, key), jax.random.key(0))
-        base, adapters = gpt2.split_adapters(abstract)
-        sizes[r] = (prefix_lib.num_params(adapters), prefix_lib.num_params(base))
+        abstract = jax.eval_shape(lambda key: families.init_params(model, key), jax.random.key(0))
+        base, added = adapters.split(abstract)
+        sizes[r] = (prefix_lib.num_params(added), prefix_lib.num_params(base))
     assert sizes == {1: (6152, 4339200), 32: (133376, 4339200)}
     assert sizes[1][0] == 4 * 2 * (2 * 256 * 1 + 1 + 256)
 
@@ -140,7 +140,7 @@ def _literal_infix_logits(config, params, tokens, start, infix_key, infix_value)
     dense = lambda h, p: jnp.einsum("md,dhk->mhk", h, p["kernel"]) + p["bias"]
     eps = config.layer_norm_epsilon
     for index in range(config.num_layers):
-        p = params[gpt2.layer_name(index)]
+        p = params[layers.layer_name(index)]
         h = _layer_norm(x, p["ln_1"], eps)
         q, k, v = (dense(h, p["attn"][name]) for name in ("query", "key", "value"))
         k = jnp.concatenate([k[:start], infix_key[index], k[start:]])
@@ -158,12 +158,12 @@ def _literal_infix_logits(config, params, tokens, start, infix_key, infix_value)
 def test_infix_matches_its_literal_definition(config, model, base_params):
     n = 3
     spec = prefix_lib.PrefixSpec(kind="infix", length=n)
-    params = prefix_lib.init_random(spec, config, jax.random.key(6))
+    params = prefix_lib.init_random(spec, config.prefix_geometry, jax.random.key(6))
     params = jax.tree.map(lambda x: 50 * x, params)  # K/V that visibly matter.
     tokens = jax.random.randint(jax.random.key(7), (2, 9), 0, config.vocab_size)
     targets_from = [4, 6]  # First target token of each row; the infix precedes the row before it.
     loss_mask = (jnp.arange(9)[None] >= jnp.array(targets_from)[:, None]).astype(jnp.float32)
-    inputs = prefix_lib.model_inputs(spec, params, config, loss_mask=loss_mask)
+    inputs = prefix_lib.model_inputs(spec, params, config.prefix_geometry, loss_mask=loss_mask)
     logits = model.apply({"params": base_params}, tokens, **inputs)
     plain = model.apply({"params": base_params}, tokens)
     for row, first_target in enumerate(targets_from):
@@ -177,9 +177,9 @@ def test_infix_matches_its_literal_definition(config, model, base_params):
 
 def test_infix_needs_the_loss_mask_room_for_itself_and_no_peft(config, model, base_params):
     spec = prefix_lib.PrefixSpec(kind="infix", length=2)
-    params = prefix_lib.init_random(spec, config, jax.random.key(6))
+    params = prefix_lib.init_random(spec, config.prefix_geometry, jax.random.key(6))
     with pytest.raises(ValueError, match="needs the batch's loss_mask"):
-        prefix_lib.model_inputs(spec, params, config)
+        prefix_lib.model_inputs(spec, params, config.prefix_geometry)
     with pytest.raises(peft_adapter.AdapterFormatError, match="PEFT prefix tuning cannot express that"):
         peft_adapter.as_kv(spec, params, model)
     tokens = np.ones((1, config.max_len - 4), np.int32)
@@ -192,10 +192,11 @@ def trained_params(config) -> int:
     """How many numbers a run of `config` trains, from shapes alone (model, prefix and mode must fit)."""
     model = gpt2.GPT2(train.model_config(config))
     spec = train.prefix_spec(config)
-    params = {"base": jax.eval_shape(lambda key: gpt2.init_params(model, key), jax.random.key(0))}
+    params = {"base": jax.eval_shape(lambda key: families.init_params(model, key), jax.random.key(0))}
     if spec is not None:
-        params["prefix"] = jax.eval_shape(lambda key: prefix_lib.init_random(spec, model.config, key), jax.random.key(0))
-    labels = trainable.label_params(params, config.train.mode, num_layers=model.config.num_layers, top_k=config.train.top_k)
+        params["prefix"] = jax.eval_shape(lambda key: prefix_lib.init_random(spec, model.config.prefix_geometry, key), jax.random.key(0))
+    labels = trainable.label_params(params, config.train.mode,
+                                    top_layers=train.top_layers(families.get("gpt2"), model.config, config.train))
     return prefix_lib.num_params(trainable.partition(params, labels)[0])
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from prefix_jax import decode
 from prefix_jax import prefix as prefix_lib
-from prefix_jax.models import gpt2
+from prefix_jax.models import gpt2, families
 
 EOS = 36
 
@@ -21,7 +21,7 @@ def _step_by_step(model, base_params, spec, prefix, source, steps):
     tokens = list(source)
     for _ in range(steps):
         targets = (jnp.arange(len(tokens) + 1) >= len(source))[None]
-        inputs = prefix_lib.model_inputs(spec, prefix, model.config, loss_mask=targets)
+        inputs = prefix_lib.model_inputs(spec, prefix, model.config.prefix_geometry, loss_mask=targets)
         logits = model.apply({"params": base_params}, jnp.array([tokens + [0]]), **inputs)
         tokens.append(int(jnp.argmax(logits[0, -2])))
         if tokens[-1] == EOS:
@@ -32,7 +32,7 @@ def _step_by_step(model, base_params, spec, prefix, source, steps):
 @pytest.mark.parametrize("kind", ["kv", "infix"])
 def test_greedy_matches_step_by_step_decoding(config, model, base_params, kind):
     spec = prefix_lib.PrefixSpec(kind=kind, length=3)
-    prefix = prefix_lib.init_random(spec, config, jax.random.key(7))
+    prefix = prefix_lib.init_random(spec, config.prefix_geometry, jax.random.key(7))
     prefix = {name: 40 * value for name, value in prefix.items()}  # A prefix that matters.
     sources = [[3, 9, 4, 1, 5], [7, 2], [11, 30, 8]]
     tokens, mask = decode.left_pad([np.array(s) for s in sources])
@@ -70,7 +70,7 @@ def _task(config, name, seed=7):
     spec, scale = PREFIXES[name]
     if spec is None:
         return None, {}
-    prefix = prefix_lib.init_random(spec, config, jax.random.key(seed))
+    prefix = prefix_lib.init_random(spec, config.prefix_geometry, jax.random.key(seed))
     return spec, {k: scale * v if k in ("key", "value", "prompt") else v for k, v in prefix.items()}
 
 
@@ -97,7 +97,7 @@ def test_cached_greedy_matches_reference(config, model, base_params, name, eos):
 
 def test_cached_greedy_of_literal_hidden_prefix_matches_reference(config, model, base_params):
     spec = prefix_lib.PrefixSpec(kind="hidden", length=3, literal=True)
-    prefix = prefix_lib.init_random(spec, config, jax.random.key(7))
+    prefix = prefix_lib.init_random(spec, config.prefix_geometry, jax.random.key(7))
     tokens, mask = _padded()
     want = decode.greedy({"base": base_params, "prefix": prefix}, tokens, mask, model=model, spec=spec,
                          max_new_tokens=6, eos_id=EOS)
@@ -129,7 +129,7 @@ def _sequence_log_prob(model, base_params, inputs, source, generated):
 def test_wide_beam_finds_the_exhaustive_optimum(length_penalty, name):
     config = gpt2.GPT2Config(vocab_size=5, num_layers=2, num_heads=2, d_model=16, d_ff=32, max_len=16)
     model = gpt2.GPT2(config)
-    base = jax.tree.map(lambda x: 10.0 * x, gpt2.init_params(model, jax.random.key(3)))
+    base = jax.tree.map(lambda x: 10.0 * x, families.init_params(model, jax.random.key(3)))
     spec, prefix = _task(config, name)
     eos, steps, vocab = 4, 3, config.vocab_size
     sources = [[1, 2, 3], [0, 2]]
@@ -138,7 +138,7 @@ def test_wide_beam_finds_the_exhaustive_optimum(length_penalty, name):
                              length_penalty=length_penalty, early_stopping=False)
     got = decode.strip_after_eos(decode.generate(base, decode.serve(spec, prefix, model, base), tokens, mask,
                                                  model=model, options=options, eos_id=eos), eos)
-    inputs = prefix_lib.model_inputs(spec, prefix, config)
+    inputs = prefix_lib.model_inputs(spec, prefix, config.prefix_geometry)
     for row, source in enumerate(sources):
         candidates = [  # Every hypothesis: ends at its first EOS or runs to `steps` tokens.
             seq[: seq.index(eos) + 1] if eos in seq else seq
@@ -186,7 +186,7 @@ def test_sampling(config, model, base_params):
 
 def test_filter_logits_top_k_and_top_p():
     logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
-    kept = lambda **kw: np.isfinite(np.asarray(decode._filter_logits(logits, decode.Options(**kw))))[0].tolist()
+    kept = lambda **kw: np.isfinite(np.asarray(decode.search._filter_logits(logits, decode.Options(**kw))))[0].tolist()
     assert kept(top_k=2) == [True, True, False, False]
     assert kept(top_p=0.8) == [True, True, False, False]  # 0.5 + 0.3 reaches 0.8.
     assert kept(top_p=0.81) == [True, True, True, False]
@@ -209,7 +209,7 @@ def test_multi_tenant_batch_equals_single_task_runs(config, model, base_params, 
     for i, name in enumerate(names):
         spec, _ = PREFIXES[name]
         spec = dataclasses.replace(spec, length=lengths[i])
-        prefix = prefix_lib.init_random(spec, config, jax.random.key(10 + i))
+        prefix = prefix_lib.init_random(spec, config.prefix_geometry, jax.random.key(10 + i))
         prefix = {k: 30 * v if k in ("key", "value", "prompt") else v for k, v in prefix.items()}
         tasks.append(decode.serve(spec, prefix, model, base_params))
     bank = decode.prefix_bank(tasks)
@@ -251,7 +251,7 @@ def test_multi_tenant_errors(config, model, base_params):
     foreign = decode.serve(*_task(other, "kv"), gpt2.GPT2(other), base_params)
     with pytest.raises(ValueError, match="shapes differ"):
         decode.prefix_bank([kv, foreign])
-    with pytest.raises(ValueError, match=r"\(layers, heads, head_dim\) = \(3, 4, 4\) but the model has \(3, 2, 8\)"):
+    with pytest.raises(ValueError, match=r"\(layers, kv_heads, head_dim\) = \(3, 4, 4\) but the model has \(3, 2, 8\)"):
         run(foreign, None)
 
 

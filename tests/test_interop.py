@@ -82,7 +82,7 @@ def test_train_export_to_peft_import_back(hf_dir, tmp_path):
     tokens, mask = hf_tiny.batch(vocab=257)
     ours = gpt2.GPT2(config).apply(
         {"params": base}, jnp.asarray(tokens), attention_mask=jnp.asarray(mask),
-        positions=peft_adapter.positions(5, *tokens.shape), **prefix_lib.model_inputs(spec, kv, config),
+        positions=peft_adapter.positions(5, *tokens.shape), **prefix_lib.model_inputs(spec, kv, config.prefix_geometry),
     )
     assert hf_tiny.max_diff(ours, hf_tiny.logits(peft_model, tokens, mask), mask) < 1e-4
 
@@ -106,7 +106,7 @@ def _tiny_run_config(hf_dir, **prefix):
 def test_import_refuses_a_mismatched_prefix_or_used_workdir(hf_dir, tmp_path):
     model_config, _ = convert.load(hf_dir)
     spec = prefix_lib.PrefixSpec(kind="kv", length=5)
-    peft_adapter.save(str(tmp_path / "adapter"), spec, prefix_lib.init_random(spec, model_config, jax.random.key(0)),
+    peft_adapter.save(str(tmp_path / "adapter"), spec, prefix_lib.init_random(spec, model_config.prefix_geometry, jax.random.key(0)),
                       gpt2.GPT2(model_config))
     with pytest.raises(ValueError, match="--config.prefix.reparam_dim=0"):
         interop.import_adapter(_tiny_run_config(hf_dir, reparam_dim=16), str(tmp_path / "a"), str(tmp_path / "adapter"))

@@ -18,7 +18,7 @@ from safetensors.numpy import load_file, save_file  # noqa: E402
 import hf_tiny  # noqa: E402
 from prefix_jax import convert, peft_adapter  # noqa: E402
 from prefix_jax import prefix as prefix_lib  # noqa: E402
-from prefix_jax.models import llama  # noqa: E402
+from prefix_jax.models import layers, llama  # noqa: E402
 
 ATOL = 1e-4
 N = 3
@@ -112,10 +112,3 @@ def test_bad_llama_checkpoints_fail_clearly(tmp_path):
         convert.load(str(tmp_path))
     assert "missing: layers.0.mlp.up_proj.weight" in str(error.value)
     assert "wrong shape: layers.1.self_attn.k_proj.weight: (32, 32), expected (16, 32)" in str(error.value)
-
-
-def test_llama_refuses_hidden_prefixes(base):
-    _, model, params = base
-    tokens, mask = hf_tiny.batch()
-    with pytest.raises(ValueError, match="key/value prefixes only"):
-        model.apply({"params": params}, jnp.asarray(tokens), prefix=({"hidden": jnp.zeros((N, 32))}, None))

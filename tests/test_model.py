@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import hidden_entries, random_hidden
-from prefix_jax.models import gpt2
+from prefix_jax.models import families, gpt2, layers
 
 N = 4
 
@@ -15,7 +15,7 @@ N = 4
 def _layer_inputs(model, base_params, tokens, **kwargs):
     _, state = model.apply({"params": base_params}, tokens, mutable=["intermediates"], **kwargs)
     return [
-        state["intermediates"][gpt2.layer_name(l)]["layer_input"][0]
+        state["intermediates"][layers.layer_name(l)]["layer_input"][0]
         for l in range(model.config.num_layers)
     ]
 
@@ -24,7 +24,8 @@ def _layer_outputs(model, base_params, layer_inputs, valid):
     """Runs each layer alone on its recorded input (literal form: full n+m rows)."""
 
     def run(module, l, x):
-        return module.layers[l](x, gpt2.attention_mask(valid, x.shape[1]))
+        positions = jnp.zeros(x.shape[:2], jnp.int32)  # GPT-2's layers take no positions.
+        return module.layers[l](x, positions, layers.causal_mask(valid, x.shape[1]))
 
     return [
         nn.apply(run, model)({"params": base_params}, l, x) for l, x in enumerate(layer_inputs)
@@ -56,9 +57,9 @@ def _rollout_bug(module, tokens, hidden):
     batch, m = tokens.shape
     x = module.embed(tokens, jnp.broadcast_to(jnp.arange(m), (batch, m)))
     x = jnp.concatenate([jnp.broadcast_to(hidden[0], (batch,) + hidden[0].shape), x], axis=1)
-    mask = gpt2.attention_mask(jnp.ones((batch, x.shape[1]), bool), x.shape[1])
+    mask = layers.causal_mask(jnp.ones((batch, x.shape[1]), bool), x.shape[1])
     for layer in module.layers:
-        x = layer(x, mask)
+        x = layer(x, jnp.zeros(x.shape[:2], jnp.int32), mask)
     return module.logits(x[:, hidden.shape[1]:])
 
 
@@ -84,7 +85,7 @@ def test_literal_efficient_and_kv_prefix_agree(config, model, base_params, token
     # K/V written out by hand: K^l = LN(P^l) W_k + b_k, V^l = LN(P^l) W_v + b_v.
     kv = []
     for l, p in enumerate(np.asarray(hidden)):
-        layer = jax.tree.map(np.asarray, base_params[gpt2.layer_name(l)])
+        layer = jax.tree.map(np.asarray, base_params[layers.layer_name(l)])
         normed = _layer_norm(p, layer["ln_1"], config.layer_norm_epsilon)
         attn = layer["attn"]
         kv.append(
@@ -169,7 +170,7 @@ def test_gpt2_medium_has_gpt2_medium_parameter_count():
     medium = gpt2.GPT2(
         gpt2.GPT2Config(vocab_size=50257, num_layers=24, num_heads=16, d_model=1024, d_ff=4096, max_len=1024)
     )
-    shapes = jax.eval_shape(lambda key: gpt2.init_params(medium, key), jax.random.key(0))
+    shapes = jax.eval_shape(lambda key: families.init_params(medium, key), jax.random.key(0))
     assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes)) == 354_823_168
 
 

@@ -41,7 +41,7 @@ def ours_logits(model, params, spec, prefix_params, tokens, mask, shifted=True):
     kwargs = {"positions": peft_adapter.positions(spec.length, batch, m)} if shifted else {}
     return np.asarray(model.apply(
         {"params": params}, jnp.asarray(tokens), attention_mask=jnp.asarray(mask),
-        **prefix_lib.model_inputs(spec, prefix_params, model.config), **kwargs,
+        **prefix_lib.model_inputs(spec, prefix_params, model.config.prefix_geometry), **kwargs,
     ))
 
 
@@ -60,7 +60,7 @@ def scaled(params, scale=3.0):
 )
 def test_export_loads_in_peft_with_equal_logits(base, spec, tmp_path):
     path, model, params = base
-    prefix_params = scaled(prefix_lib.init_random(spec, model.config, jax.random.key(3)))
+    prefix_params = scaled(prefix_lib.init_random(spec, model.config.prefix_geometry, jax.random.key(3)))
     peft_adapter.save(str(tmp_path), spec, prefix_params, model, params, base_model_name_or_path=path)
     peft_model = peft.PeftModel.from_pretrained(fresh_torch(path), str(tmp_path)).eval()
     tokens, mask = hf_tiny.batch()
@@ -103,7 +103,7 @@ def test_peft_adapter_imports_with_equal_logits(base, projection, tmp_path):
 def test_export_import_round_trip_is_exact(base, tmp_path):
     _, model, params = base
     spec = prefix_lib.PrefixSpec(kind="kv", length=N)
-    prefix_params = prefix_lib.init_random(spec, model.config, jax.random.key(5))
+    prefix_params = prefix_lib.init_random(spec, model.config.prefix_geometry, jax.random.key(5))
     peft_adapter.save(str(tmp_path), spec, prefix_params, model)
     loaded_spec, loaded = peft_adapter.load(str(tmp_path), model.config)
     assert loaded_spec == spec
@@ -117,9 +117,9 @@ def test_bad_adapters_fail_clearly(base, tmp_path):
         peft_adapter.load(str(tmp_path), model.config)
     prompt = prefix_lib.PrefixSpec(kind="prompt", length=N)
     with pytest.raises(peft_adapter.AdapterFormatError, match="prompt-tuning prompt is not a prefix"):
-        peft_adapter.save(str(tmp_path), prompt, prefix_lib.init_random(prompt, model.config, jax.random.key(0)), model)
+        peft_adapter.save(str(tmp_path), prompt, prefix_lib.init_random(prompt, model.config.prefix_geometry, jax.random.key(0)), model)
     spec = prefix_lib.PrefixSpec(kind="kv", length=N)
-    peft_adapter.save(str(tmp_path), spec, prefix_lib.init_random(spec, model.config, jax.random.key(0)), model)
+    peft_adapter.save(str(tmp_path), spec, prefix_lib.init_random(spec, model.config.prefix_geometry, jax.random.key(0)), model)
     other = gpt2.GPT2Config(vocab_size=97, num_layers=3, num_heads=4, d_model=32, d_ff=128, max_len=64)
     with pytest.raises(peft_adapter.AdapterFormatError, match=r"num_layers=2 \(the model needs 3\)"):
         peft_adapter.load(str(tmp_path), other)

@@ -14,14 +14,14 @@ N = 5
 
 
 def _logits(model, base_params, spec, params, tokens, **kwargs):
-    inputs = prefix_lib.model_inputs(spec, params, model.config)
+    inputs = prefix_lib.model_inputs(spec, params, model.config.prefix_geometry)
     return model.apply({"params": base_params}, tokens, **inputs, **kwargs)
 
 
 def test_reparameterised_kv_folds_into_the_same_prefix(config, model, base_params, tokens):
     spec = prefix_lib.PrefixSpec(kind="kv", length=N, reparam_dim=24)
-    params = prefix_lib.init_random(spec, config, jax.random.key(3))
-    folded_spec, folded = prefix_lib.fold(spec, params, config)
+    params = prefix_lib.init_random(spec, config.prefix_geometry, jax.random.key(3))
+    folded_spec, folded = prefix_lib.fold(spec, params, config.prefix_geometry)
     assert folded_spec == prefix_lib.PrefixSpec(kind="kv", length=N)
     shape = (config.num_layers, N, config.num_heads, config.head_dim)
     assert folded["key"].shape == folded["value"].shape == shape
@@ -35,10 +35,10 @@ def test_reparameterised_kv_folds_into_the_same_prefix(config, model, base_param
 def test_reparameterisation_uses_peft_layout(config):
     """The MLP output's last axis is [L0 K | L0 V | L1 K | ...] (PEFT's layout)."""
     spec = prefix_lib.PrefixSpec(kind="kv", length=N, reparam_dim=8)
-    params = prefix_lib.init_random(spec, config, jax.random.key(3))
+    params = prefix_lib.init_random(spec, config.prefix_geometry, jax.random.key(3))
     hidden = np.tanh(params["embedding"] @ params["hidden_kernel"] + params["hidden_bias"])
     out = hidden @ params["out_kernel"] + params["out_bias"]
-    _, folded = prefix_lib.fold(spec, params, config)
+    _, folded = prefix_lib.fold(spec, params, config.prefix_geometry)
     d = config.d_model
     layer, which = 1, "value"
     start = (2 * layer + 1) * d
@@ -49,7 +49,7 @@ def test_reparameterisation_uses_peft_layout(config):
 
 def test_hidden_prefix_compiles_to_an_equal_kv_prefix(config, model, base_params, tokens):
     spec = prefix_lib.PrefixSpec(kind="hidden", length=N)
-    params = prefix_lib.init_random(spec, config, jax.random.key(4))
+    params = prefix_lib.init_random(spec, config.prefix_geometry, jax.random.key(4))
     params = {"hidden": params["hidden"] * 50}  # Away from 0, so LayerNorm sees real vectors.
     kv_spec, kv = prefix_lib.hidden_to_kv(spec, params, model, base_params)
     literal = dataclasses.replace(spec, literal=True)
@@ -101,7 +101,7 @@ def test_init_from_words_cycles_tokens_and_prompt_uses_embeddings(config, model,
 )
 def test_parameter_counts_follow_the_formulas(spec, served, trained, config, base_params):
     L, n, d, k = config.num_layers, N, config.d_model, spec.reparam_dim
-    counts = prefix_lib.count_params(spec, config, base_params)
+    counts = prefix_lib.count_params(spec, config.prefix_geometry, base_params)
     assert counts["served"] == eval(served)
     assert counts["trained"] == eval(trained)
     base = sum(x.size for x in jax.tree.leaves(base_params))
@@ -114,7 +114,7 @@ def test_gpt2_medium_prefix_sizes():
         vocab_size=50257, num_layers=24, num_heads=16, d_model=1024, d_ff=4096, max_len=1024
     )
     sizes = {
-        (kind, n): prefix_lib.served_size(prefix_lib.PrefixSpec(kind, n), medium)
+        (kind, n): prefix_lib.served_size(prefix_lib.PrefixSpec(kind, n), medium.prefix_geometry)
         for kind in ("hidden", "kv", "prompt")
         for n in (5, 10)
     }

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from experiments import common, xsum_tiny
-from prefix_jax import bart_prefix, convert, decode, train
+from prefix_jax import convert, decode, train
+from prefix_jax import prefix as prefix_lib
 from prefix_jax.data import pipeline, sources, xsum
 from prefix_jax.data import tokenizer as tokenizer_lib
 from prefix_jax.data.records import DataError
@@ -109,7 +110,7 @@ def test_prefix_training_lowers_dev_loss_and_changes_only_the_prefix(tmp_path):
         np.testing.assert_array_equal(a, np.asarray(b))
     for side in bart.SIDES:  # Every side's MLP trained.
         assert not np.array_equal(before["prefix"][side]["out_kernel"], state.params["prefix"][side]["out_kernel"])
-    counts = bart_prefix.count_params(exp.spec, exp.model.config, state.params["base"])
+    counts = prefix_lib.count_params(exp.spec, exp.model.config.prefix_geometry, state.params["base"])
     assert counts["served"] == (2 + 2 * 2) * 2 * 5 * 32  # (enc + 2 * dec layers) * 2 * n * d
     assert counts["trained"] == 3 * (5 * 32 + 32 * 32 + 32 + 32 * 2 * 2 * 32 + 2 * 2 * 32)
 
@@ -130,14 +131,15 @@ def test_cached_decoding_matches_recomputation_and_beam_one_is_greedy(tmp_path):
     config = tiny_config(write_xsum(tmp_path))
     exp, state = train.create(config)
     state = scaled(state)
-    prefix = bart_prefix.serve(exp.spec, jax.tree.map(lambda x: 3 * x, state.params["prefix"]), exp.model.config)
+    served = decode.serve(exp.spec, jax.tree.map(lambda x: 3 * x, state.params["prefix"]), exp.model, state.params["base"])
+    prefix = served["prefix"]
     tokens = jax.random.randint(jax.random.key(3), (3, 12), 0, 256)
     mask = jnp.ones((3, 12), jnp.int32).at[1, 8:].set(0).at[2, 5:].set(0)
     prompt, steps, eos = [EOS, 65], 10, 9999  # An EOS never produced: all steps compared.
     expected = recompute_greedy(state.params["base"], prefix, tokens, mask, jnp.array(prompt),
                                 model=exp.model, steps=steps)
-    run = lambda **kw: decode.generate_seq2seq(
-        state.params["base"], prefix, tokens, mask, prompt, model=exp.model, eos_id=eos,
+    run = lambda **kw: decode.generate(
+        state.params["base"], served, tokens, mask, model=exp.model, eos_id=eos, start_tokens=prompt,
         options=decode.Options(max_new_tokens=steps, **kw))
     greedy = run()
     np.testing.assert_array_equal(greedy, expected)
@@ -153,7 +155,8 @@ def test_cache_logits_equal_full_forward_token_by_token(tmp_path):
     config = tiny_config(write_xsum(tmp_path))
     exp, state = train.create(config)
     base = scaled(state).params["base"]
-    prefix = bart_prefix.serve(exp.spec, jax.tree.map(lambda x: 3 * x, state.params["prefix"]), exp.model.config)
+    served = decode.serve(exp.spec, jax.tree.map(lambda x: 3 * x, state.params["prefix"]), exp.model, state.params["base"])
+    prefix = served["prefix"]
     model = exp.model
     tokens = jax.random.randint(jax.random.key(4), (2, 9), 0, 256)
     mask = jnp.ones((2, 9), jnp.int32).at[1, 6:].set(0)

@@ -9,7 +9,7 @@ import pytest
 from experiments import tiny
 from prefix_jax import train, trainable
 from prefix_jax.data import pipeline, synthetic, tokenizer
-from prefix_jax.models import gpt2
+from prefix_jax.models import gpt2, families
 
 
 def _config(**overrides):
@@ -34,7 +34,7 @@ def _batch(config, seed=0):
 def _sharp_base(config):
     """Random base weights scaled x3, so that a prefix visibly matters (see conftest)."""
     model = gpt2.GPT2(train.model_config(config))
-    return jax.tree.map(lambda x: 3.0 * x, gpt2.init_params(model, jax.random.key(0)))
+    return jax.tree.map(lambda x: 3.0 * x, families.init_params(model, jax.random.key(0)))
 
 
 def _run(config, steps=10):
@@ -124,13 +124,14 @@ def test_no_base_weight_gradients_in_prefix_mode():
             s, b, jax.random.key(0), model=exp.model, spec=exp.spec, tx=exp.tx, labels=exp.labels
         )
         counts[mode] = _count_dot_generals(jax.make_jaxpr(step)(state, _batch(config)).jaxpr)
-    # Forward: per layer q, k, v, out, fc, proj and 2 attention einsums; plus the tied head.
+    # Forward: per layer q, k, v, out, fc, proj and 2 attention einsums (scores, values),
+    # 2 more with a prefix (its scores and values, read grouped); plus the tied head.
     forward = 8 * 3 + 1
     # Prefix backward: input gradients only. The head and layers 1-2 pass gradients
-    # through all 10 input-gradient matmuls; in layer 0 the input rows' q, k, v do not
-    # depend on the prefix, so only out, fc, proj, both of the second einsum's operands
-    # and the keys of the first remain (6).
-    assert counts["prefix"] == forward + 1 + 10 * 2 + 6, counts
+    # through all 14 input-gradient matmuls; in layer 0 the input rows' q, k, v do not
+    # depend on the prefix, so only out, fc, proj, the prefix keys' scores, the weights of
+    # the values and both operands of the prefix values remain (7).
+    assert counts["prefix"] == forward + 2 * 3 + 1 + 14 * 2 + 7, counts
     # Full fine-tuning adds a weight gradient per projection (6 per layer) and for the
     # tied embedding, and the 4 layer-0 input gradients prefix mode skips.
     assert counts["full"] == forward + 2 + 16 * 3, counts

@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from prefix_jax.models import gpt2
+from prefix_jax.models import layers
 
 Array = jax.Array
 SIDES = ("encoder", "decoder", "cross")
@@ -54,15 +54,20 @@ class BartConfig:
     def head_dim(self) -> int:
         return self.d_model // self.num_heads
 
+    @property
+    def prefix_geometry(self) -> dict:
+        """One geometry per prefixed side: the encoder's layers, and the decoder's twice
+        (self-attention and cross-attention)."""
+        side = lambda num_layers: layers.Geometry(num_layers, self.num_heads, self.head_dim, self.d_model, self.max_len)
+        return {"encoder": side(self.encoder_layers), "decoder": side(self.decoder_layers),
+                "cross": side(self.decoder_layers)}
 
-_init = gpt2._init  # Logical axis names on every parameter (sharding.py maps them to the mesh).
+
+_init = layers.param_init
 
 
-def _dense(features, axes, name=None, axis=-1):
-    return nn.DenseGeneral(
-        features, axis=axis, name=name, kernel_init=_init(axes),
-        bias_init=_init(axes[1:] if axis == -1 else axes[-1:], nn.initializers.zeros),
-    )
+def _dense(features, axes, name=None):
+    return nn.Dense(features, name=name, kernel_init=_init(axes), bias_init=_init(axes[1:], nn.initializers.zeros))
 
 
 def _norm(c: BartConfig, name=None):
@@ -72,46 +77,21 @@ def _norm(c: BartConfig, name=None):
     )
 
 
-class Attention(nn.Module):
-    config: BartConfig
-
-    def setup(self):
-        heads = (self.config.num_heads, self.config.head_dim)
-        self.query = _dense(heads, ("embed", "heads", "kv"))
-        self.key = _dense(heads, ("embed", "heads", "kv"))
-        self.value = _dense(heads, ("embed", "heads", "kv"))
-        self.out = _dense(self.config.d_model, ("heads", "kv", "embed"), axis=(-2, -1))
-
-    def key_value(self, memory):
-        """[batch, len, embed] -> keys and values, each [batch, len, heads, head_dim]."""
-        return self.key(memory), self.value(memory)
-
-    def attend(self, x, key, value, mask, prefix_kv=None):
-        # x: [batch, q_len, embed]; key, value: [batch, kv_len, heads, head_dim];
-        # mask: [batch, 1, q_len, n + kv_len] with prefix_kv, else [..., kv_len].
-        query = self.query(x)
-        if prefix_kv is not None:
-            key = jnp.concatenate([prefix_kv[0].astype(key.dtype), key], axis=1)
-            value = jnp.concatenate([prefix_kv[1].astype(value.dtype), value], axis=1)
-        scores = jnp.einsum("bqhd,bkhd->bhqk", query, key) / math.sqrt(self.config.head_dim)
-        scores = jnp.where(mask, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
-        weights = jax.nn.softmax(scores, axis=-1).astype(self.config.dtype)
-        return self.out(jnp.einsum("bhqk,bkhd->bqhd", weights, value))
-
-    def __call__(self, x, memory, mask, prefix_kv=None):
-        return self.attend(x, *self.key_value(memory), mask, prefix_kv)
+def _attention(c: BartConfig, name=None):
+    return layers.Attention(c.num_heads, c.num_heads, c.head_dim, c.d_model, dtype=c.dtype, name=name)
 
 
-def _prefix_and_mask(entry, batch, memory_valid, q_len, causal):
-    """(prefix K/V or None, attention mask [batch, 1, q_len, n + kv_len])."""
-    prefix_kv = None
-    if entry is not None:
-        prefix_kv = tuple(gpt2._with_batch(entry[name], batch, 3) for name in ("key", "value"))
-        n = prefix_kv[0].shape[1]
-        memory_valid = jnp.concatenate([jnp.ones((batch, n), bool), memory_valid], axis=1)
-    if causal:
-        return prefix_kv, gpt2.attention_mask(memory_valid, q_len)
-    return prefix_kv, jnp.broadcast_to(memory_valid[:, None, None, :], (batch, 1, q_len, memory_valid.shape[1]))
+def _prefix(entry):
+    """A side's per-layer entry as grouped (K, V), or None."""
+    return None if entry is None else tuple(layers.as_groups(entry[name], 3) for name in ("key", "value"))
+
+
+def _with_columns(mask, entries, rows):
+    """`mask` [rows, 1, q, k] with the side's prefix columns in front, when it has a prefix."""
+    n = max((entry["key"].shape[-3] for entry in entries if entry is not None), default=0)
+    if not n:
+        return mask
+    return jnp.concatenate([layers.prefix_columns(None, n, rows, mask.shape[2]), mask], axis=-1)
 
 
 def _mlp_layers(c: BartConfig, names=("fc1", "fc2")):
@@ -128,59 +108,50 @@ class EncoderLayer(nn.Module):
     config: BartConfig
 
     @nn.compact
-    def __call__(self, x, valid, entry):
+    def __call__(self, x, mask, entry):
         c = self.config
-        prefix_kv, mask = _prefix_and_mask(entry, x.shape[0], valid, x.shape[1], causal=False)
-        x = _norm(c, "self_attn_norm")(x + Attention(c, name="self_attn")(x, x, mask, prefix_kv))
+        mask = mask if entry is not None else mask[..., mask.shape[-1] - x.shape[1]:]
+        x = _norm(c, "self_attn_norm")(x + _attention(c, "self_attn")(x, mask, prefix=_prefix(entry)))
         return _norm(c, "final_norm")(x + _mlp(*_mlp_layers(c), x))
 
 
 class DecoderLayer(nn.Module):
-    """Post-LN: causal self-attention, cross-attention over the encoder, MLP."""
+    """Post-LN: causal self-attention, cross-attention over the encoder, MLP.
+
+    Masks come with prefix columns when the side has a prefix; a layer without one drops them.
+    """
 
     config: BartConfig
 
     def setup(self):
         c = self.config
-        self.self_attn, self.cross_attn = Attention(c), Attention(c)
+        self.self_attn, self.cross_attn = _attention(c), _attention(c)
         self.self_attn_norm, self.cross_attn_norm, self.final_norm = _norm(c), _norm(c), _norm(c)
         self.fc1, self.fc2 = _mlp_layers(c, (None, None))
 
-    def _rest(self, y, cross_key, cross_value, memory_valid, cross_entry):
-        """Cross-attention (over given encoder K/V) and the MLP."""
-        prefix_kv, mask = _prefix_and_mask(cross_entry, y.shape[0], memory_valid, y.shape[1], causal=False)
-        y = self.cross_attn_norm(y + self.cross_attn.attend(y, cross_key, cross_value, mask, prefix_kv))
+    def _rest(self, y, memory, cross_mask, cross_entry):
+        """Cross-attention (over the memory or its K/V) and the MLP."""
+        width = memory[0].shape[1] if isinstance(memory, tuple) else memory.shape[1]
+        cross_mask = cross_mask if cross_entry is not None else cross_mask[..., cross_mask.shape[-1] - width:]
+        y = self.cross_attn_norm(y + self.cross_attn(y, cross_mask, prefix=_prefix(cross_entry), memory=memory))
         return self.final_norm(y + _mlp(self.fc1, self.fc2, y))
 
-    def __call__(self, y, valid, memory, memory_valid, self_entry, cross_entry):
-        prefix_kv, mask = _prefix_and_mask(self_entry, y.shape[0], valid, y.shape[1], causal=True)
-        y = self.self_attn_norm(y + self.self_attn(y, y, mask, prefix_kv))
-        return self._rest(y, *self.cross_attn.key_value(memory), memory_valid, cross_entry)
+    def __call__(self, y, self_mask, memory, cross_mask, self_entry, cross_entry):
+        self_mask = self_mask if self_entry is not None else self_mask[..., self_mask.shape[-1] - y.shape[1]:]
+        y = self.self_attn_norm(y + self.self_attn(y, self_mask, prefix=_prefix(self_entry)))
+        return self._rest(y, memory, cross_mask, cross_entry)
 
     def cross_key_value(self, memory):
         return self.cross_attn.key_value(memory)
 
-    def cached(self, y, cache, index, memory_valid, self_entry, cross_entry):
-        """Decoding: writes y's self-attention K/V at cache slots index.., attends over prefix +
-        cache (slots after a query are masked). Returns (y, updated cache)."""
-        rows, q = y.shape[:2]
-        new = dict(zip(("key", "value"), self.self_attn.key_value(y)))
-        cache = dict(cache) | {
-            name: jax.lax.dynamic_update_slice_in_dim(cache[name], new[name].astype(cache[name].dtype), index, axis=1)
-            for name in ("key", "value")
-        }
+    def cached(self, y, self_mask, cache, index, cross_mask, self_entry, cross_entry):
+        """Decoding: writes y's self-attention K/V at cache slots index.. and attends over prefix +
+        cache; cross-attention reads the cache's precomputed encoder K/V. Returns (y, cache)."""
         cache_len = cache["key"].shape[1]
-        written = jnp.arange(cache_len)[None, :] <= (index + jnp.arange(q))[:, None]  # [q, cache_len]
-        key_valid = jnp.broadcast_to(written[None], (rows, q, cache_len))
-        if self_entry is not None:
-            n = self_entry["key"].shape[-3]
-            key_valid = jnp.concatenate([jnp.ones((rows, q, n), bool), key_valid], axis=-1)
-        prefix_kv = None if self_entry is None else tuple(
-            gpt2._with_batch(self_entry[name], rows, 3) for name in ("key", "value")
-        )
-        attended = self.self_attn.attend(y, cache["key"], cache["value"], key_valid[:, None], prefix_kv)
+        self_mask = self_mask if self_entry is not None else self_mask[..., self_mask.shape[-1] - cache_len:]
+        attended, cache = self.self_attn(y, self_mask, prefix=_prefix(self_entry), cache=cache, index=index)
         y = self.self_attn_norm(y + attended)
-        return self._rest(y, cache["cross_key"], cache["cross_value"], memory_valid, cross_entry), cache
+        return self._rest(y, (cache["cross_key"], cache["cross_value"]), cross_mask, cross_entry), cache
 
 
 def _entries(prefix: Optional[Mapping[str, Sequence]], side: str, num_layers: int) -> Sequence:
@@ -224,12 +195,18 @@ class Bart(nn.Module):
         valid = jnp.ones((batch, m_enc), bool) if attention_mask is None else attention_mask.astype(bool)
         x = self._embed(tokens, jnp.broadcast_to(jnp.arange(m_enc), (batch, m_enc)),
                         self.encoder_position_embed, self.encoder_embed_norm)
-        for layer, entry in zip(self.encoder_layers, _entries(prefix, "encoder", self.config.encoder_layers)):
-            x = layer(x, valid, entry)
+        entries = _entries(prefix, "encoder", self.config.encoder_layers)
+        mask = _with_columns(layers.full_mask(valid, m_enc), entries, batch)
+        for layer, entry in zip(self.encoder_layers, entries):
+            x = layer(x, mask, entry)
         return x
 
     def _logits(self, y):
         return self.token_embed.attend(y) + self.final_logits_bias
+
+    def _decoder_entries(self, prefix):
+        c = self.config
+        return _entries(prefix, "decoder", c.decoder_layers), _entries(prefix, "cross", c.decoder_layers)
 
     def __call__(
         self,
@@ -242,7 +219,6 @@ class Bart(nn.Module):
         decoder_positions: Optional[Array] = None,
     ) -> Array:
         """Logits [batch, m_dec, vocab]. tokens: [batch, m_enc]; decoder_tokens: [batch, m_dec]."""
-        c = self.config
         _check_sides(prefix)
         batch, m_enc = tokens.shape
         m_dec = decoder_tokens.shape[1]
@@ -254,9 +230,11 @@ class Bart(nn.Module):
             decoder_positions = jnp.broadcast_to(jnp.arange(m_dec), (batch, m_dec))
         x = self.encode(tokens, valid, prefix)
         y = self._embed(decoder_tokens, decoder_positions, self.decoder_position_embed, self.decoder_embed_norm)
-        entries = zip(_entries(prefix, "decoder", c.decoder_layers), _entries(prefix, "cross", c.decoder_layers))
-        for layer, (self_entry, cross_entry) in zip(self.decoder_layers, entries):
-            y = layer(y, dec_valid, x, valid, self_entry, cross_entry)
+        self_entries, cross_entries = self._decoder_entries(prefix)
+        self_mask = _with_columns(layers.causal_mask(dec_valid, m_dec), self_entries, batch)
+        cross_mask = _with_columns(layers.full_mask(valid, m_dec), cross_entries, batch)
+        for layer, self_entry, cross_entry in zip(self.decoder_layers, self_entries, cross_entries):
+            y = layer(y, self_mask, x, cross_mask, self_entry, cross_entry)
         return self._logits(y)
 
     def init_cache(self, memory: Array, length: int) -> tuple:
@@ -264,13 +242,11 @@ class Bart(nn.Module):
         self-attention cache {"key", "value"} [rows, length, heads, head_dim] and the cross-attention
         K/V of the memory {"cross_key", "cross_value"} [rows, m_enc, heads, head_dim], computed once."""
         c = self.config
-        shape = (memory.shape[0], length, c.num_heads, c.head_dim)
-        caches = []
-        for layer in self.decoder_layers:
-            cross_key, cross_value = layer.cross_key_value(memory)
-            caches.append({"key": jnp.zeros(shape, c.dtype), "value": jnp.zeros(shape, c.dtype),
-                           "cross_key": cross_key, "cross_value": cross_value})
-        return tuple(caches)
+        empty = layers.empty_cache(c.prefix_geometry["decoder"], memory.shape[0], length, c.dtype)
+        return tuple(
+            dict(zip(("cross_key", "cross_value"), layer.cross_key_value(memory))) | layer_cache
+            for layer, layer_cache in zip(self.decoder_layers, empty)
+        )
 
     def decode_step(self, decoder_tokens, cache, index, memory_valid, *, prefix=None):
         """Runs decoder_tokens [rows, q] at cache slots (= positions) index..; jit-safe.
@@ -282,11 +258,14 @@ class Bart(nn.Module):
         rows, q = decoder_tokens.shape
         positions = jnp.broadcast_to(index + jnp.arange(q), (rows, q))
         y = self._embed(decoder_tokens, positions, self.decoder_position_embed, self.decoder_embed_norm)
-        entries = zip(_entries(prefix, "decoder", self.config.decoder_layers),
-                      _entries(prefix, "cross", self.config.decoder_layers))
+        cache_len = cache[0]["key"].shape[1]
+        written = jnp.arange(cache_len)[None, :] <= (index + jnp.arange(q))[:, None]  # [q, cache_len]
+        self_entries, cross_entries = self._decoder_entries(prefix)
+        self_mask = _with_columns(jnp.broadcast_to(written[None, None], (rows, 1, q, cache_len)), self_entries, rows)
+        cross_mask = _with_columns(layers.full_mask(memory_valid.astype(bool), q), cross_entries, rows)
         new_cache = []
-        for layer, layer_cache, (self_entry, cross_entry) in zip(self.decoder_layers, cache, entries):
-            y, layer_cache = layer.cached(y, layer_cache, index, memory_valid.astype(bool), self_entry, cross_entry)
+        for layer, layer_cache, self_entry, cross_entry in zip(self.decoder_layers, cache, self_entries, cross_entries):
+            y, layer_cache = layer.cached(y, self_mask, layer_cache, index, cross_mask, self_entry, cross_entry)
             new_cache.append(layer_cache)
         return self._logits(y), tuple(new_cache)
 
@@ -301,3 +280,34 @@ def logical_axes(model: Bart) -> dict:
     """Logical axis names of every base parameter, as a PartitionSpec pytree."""
     tokens = jnp.zeros((1, 8), jnp.int32)
     return nn.get_partition_spec(jax.eval_shape(model.init, jax.random.key(0), tokens, tokens))["params"]
+
+
+def forward(model, base_params, batch, prefix_inputs, rng, deterministic):
+    """The loss's logits at decoder positions [batch, m_dec, vocab] (BART here has no dropout)."""
+    return model.apply(
+        {"params": base_params}, batch["tokens"], batch["decoder_tokens"], attention_mask=batch["attention_mask"],
+        decoder_attention_mask=batch["decoder_attention_mask"], **prefix_inputs,
+    )
+
+
+def prefill(model, base_params, served, tokens, attention_mask, max_new_tokens, start_tokens):
+    """Encodes the sources once, projects every decoder layer's cross-attention K/V once, and
+    runs the decoder's start tokens; returns (logits, (cache, memory_valid), start length).
+
+    served: {} or {"prefix": {side: per-layer K/V}, "mask": [1, n]}, one task for every row.
+    """
+    if not len(start_tokens):
+        raise ValueError("An encoder-decoder needs decoder start tokens (pipeline.decoder_prompt).")
+    variables, prefix = {"params": base_params}, served.get("prefix")
+    memory = model.apply(variables, tokens, attention_mask, prefix, method=Bart.encode)
+    cache = model.apply(variables, memory, len(start_tokens) + max_new_tokens, method=Bart.init_cache)
+    start = jnp.broadcast_to(jnp.asarray(start_tokens, jnp.int32), (tokens.shape[0], len(start_tokens)))
+    logits, cache = model.apply(variables, start, cache, 0, attention_mask, prefix=prefix, method=Bart.decode_step)
+    return logits, (cache, attention_mask), len(start_tokens)
+
+
+def step(model, base_params, served, start_length, rows, token, t):
+    cache, memory_valid = rows
+    logits, cache = model.apply({"params": base_params}, token[:, None], cache, start_length + t, memory_valid,
+                                prefix=served.get("prefix"), method=Bart.decode_step)
+    return logits[:, 0], (cache, memory_valid)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from experiments import tiny
+from experiments import common, tiny
 from prefix_jax import loop, sharding, train, trainable
 from prefix_jax.data import pipeline, synthetic, tokenizer
 
@@ -20,10 +20,13 @@ MESHES = {
 }
 
 
-def _config(**overrides):
+def _config(family="gpt2", **overrides):
     config = tiny.get_config()
     # Every sharded dimension divisible by 8: vocab 264 >= the byte tokenizer's 257.
     config.model.update(vocab_size=264, num_layers=2, num_heads=8, d_model=32, d_ff=64, max_len=64)
+    if family == "llama":  # Grouped-query: 4 key/value heads, still divisible by tensor=4.
+        config.model = common.llama_model(vocab_size=264, num_heads=8, num_kv_heads=4, head_dim=8, d_model=32,
+                                          d_ff=64, max_len=64)
     config.train.update(batch_size=8, lr=3e-2, warmup_steps=0, num_steps=4, log_every=1, eval_every=2)
     config.data.update(name="copy", num_train=64, num_dev=16)
     config.checkpoint.update(every=2, async_save=False)
@@ -45,8 +48,8 @@ def _batch():
     return next(iter(pipeline.Batches(sequences, 8, 64, seed=0, shuffle=False)))
 
 
-def _train(mesh_name, mode="prefix", kind="kv", steps=3):
-    config = _config(**{"train.mode": mode, "prefix.kind": kind})
+def _train(mesh_name, mode="prefix", kind="kv", steps=3, family="gpt2"):
+    config = _config(family, **{"train.mode": mode, "prefix.kind": kind})
     exp, state = train.create(config, mesh=_mesh(mesh_name))
     train_fn, _ = train.make_step_fns(exp)
     batch = sharding.global_batch(_batch(), sharding.batch_sharding(exp.mesh))
@@ -58,10 +61,13 @@ def _train(mesh_name, mode="prefix", kind="kv", steps=3):
 
 
 @pytest.mark.parametrize("mesh_name", [m for m in MESHES if m != "1x1"])
-@pytest.mark.parametrize("mode, kind", [("prefix", "kv"), ("prefix", "hidden"), ("full", "none")])
-def test_sharded_steps_match_one_device(mesh_name, mode, kind):
-    exp, reference, ref_history = _train("1x1", mode, kind)
-    _, state, history = _train(mesh_name, mode, kind)
+@pytest.mark.parametrize("mode, kind, family", [
+    ("prefix", "kv", "gpt2"), ("prefix", "hidden", "gpt2"), ("full", "none", "gpt2"),
+    ("prefix", "kv", "llama"), ("prefix", "hidden", "llama"),
+])
+def test_sharded_steps_match_one_device(mesh_name, mode, kind, family):
+    exp, reference, ref_history = _train("1x1", mode, kind, family=family)
+    _, state, history = _train(mesh_name, mode, kind, family=family)
     np.testing.assert_allclose(history, ref_history, rtol=1e-5)
     trained, _ = trainable.partition(state.params, exp.labels)
     ref_trained, _ = trainable.partition(reference.params, exp.labels)

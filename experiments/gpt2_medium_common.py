@@ -47,11 +47,11 @@ def get_config(arg, *, data: dict, prefix: dict, baselines: dict, train_pairs: i
     epochs, batch_size)} for ft, ft-top2 and the adapters. `train_pairs` (input,
     reference) pairs make one epoch.
     """
-    hf_checkpoint, method = parse_arg(arg)
+    base_weights, method = parse_arg(arg)
     hparams = baselines[method] if method in baselines else prefix
     config = common.base_config()
     config.model.update(GPT2_MEDIUM)
-    config.hf_checkpoint = hf_checkpoint
+    config.base_weights = base_weights
     config.prefix.update(kind="kv", length=prefix["length"], reparam_dim=512, init="random")
     methods.apply(config, method, ADAPTER_DIMS)
     config.train.update(
@@ -64,7 +64,7 @@ def get_config(arg, *, data: dict, prefix: dict, baselines: dict, train_pairs: i
         log_every=100,
         eval_every=5000,
     )
-    config.data.update(**data, tokenizer=os.path.join(hf_checkpoint, "tokenizer.json"))
+    config.data.update(**data, tokenizer=os.path.join(base_weights, "tokenizer.json"))
     config.checkpoint.every = 1000
     # Li & Liang decode table-to-text with beam search (beam 5).
     config.decode.update(max_new_tokens=100, strategy="beam", beam_size=5)

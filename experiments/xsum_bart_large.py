@@ -55,7 +55,7 @@ def get_config(arg=None):
         )
     config = common.base_config()
     config.model = common.bart_model(**BART_LARGE)
-    config.hf_checkpoint = arg
+    config.base_weights = arg
     config.prefix.update(kind="kv", length=200, reparam_dim=800, init="random")
     config.train.update(
         lr=5e-5, warmup_steps=0, num_steps=EPOCHS * math.ceil(TRAIN_PAIRS / BATCH), batch_size=BATCH,

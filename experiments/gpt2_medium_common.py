@@ -2,8 +2,9 @@
 
 Not a config file itself: `experiments/{e2e,webnlg,dart}_gpt2_medium.py` call `get_config`
 with their data set and the hyper-parameters of the paper's Appendix A, for prefix-tuning
-and for each baseline row. The config argument is the GPT-2 medium directory and,
-optionally, a method of experiments/methods.py (one config per table row):
+and for each baseline row. The config argument is the GPT-2 medium directory (it becomes
+config.base_weights) and, optionally, a method of experiments/methods.py (one config per
+table row):
   --config=experiments/webnlg_gpt2_medium.py:/path/to/gpt2-medium            # prefix-kv
   --config=experiments/webnlg_gpt2_medium.py:/path/to/gpt2-medium,adapter-3  # a baseline
 

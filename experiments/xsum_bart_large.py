@@ -1,8 +1,9 @@
 """Paper setting: prefix-tune BART-large on XSUM (Li & Liang 2021, Table 2).
 
-Command (from the repo root; /path/to/bart-large is a Hugging Face facebook/bart-large
-directory with config.json, model.safetensors and tokenizer.json; data/xsum holds
-Li & Liang's {train,val,test}.source/.target, or use --config.data.name=tfds:xsum):
+Command (from the repo root; /path/to/bart-large, which becomes config.base_weights, is a
+Hugging Face facebook/bart-large directory with config.json, model.safetensors and
+tokenizer.json; data/xsum holds Li & Liang's {train,val,test}.source/.target, or use
+--config.data.name=tfds:xsum):
   python -m prefix_jax.main --config=experiments/xsum_bart_large.py:/path/to/bart-large \\
       --workdir=workdir/xsum_bart_large --config.data.train_path=data/xsum \\
       --config.data.dev_path=data/xsum --config.data.test_path=data/xsum

@@ -10,7 +10,7 @@ from prefix_jax import sharding
 
 
 def base_lm_model() -> ml_collections.ConfigDict:
-    """The embedded pre-trained model's architecture (data/base_lm/config.json)."""
+    """The embedded pre-trained model's architecture (data/base_lm/base_model.json)."""
     return ml_collections.ConfigDict(
         dict(family="gpt2", vocab_size=4096, num_layers=4, num_heads=4, d_model=256, d_ff=1024, max_len=512,
              dropout_rate=0.0, tie_embeddings=True, adapter_dim=0, dtype="float32")
@@ -59,10 +59,10 @@ def base_config(arg=None) -> ml_collections.ConfigDict:
             dtype="float32",  # activations: float32 | bfloat16 | float16 (parameters stay float32)
         )
     )
-    # Pre-trained base weights (a models.weights directory); "" = random init from train.seed.
+    # Pre-trained base weights: a project base-model directory (base_model.json + base_model.safetensors;
+    # models/weights.py) or a Hugging Face one (config.json + model.safetensors; convert.py), told apart
+    # by their files (convert.load_base); "" = random init from train.seed.
     config.base_weights = ""
-    # Or a Hugging Face GPT-2 directory (config.json + model.safetensors; prefix_jax/convert.py).
-    config.hf_checkpoint = ""
     config.prefix = ml_collections.ConfigDict(
         dict(
             kind="hidden",  # hidden | kv | prompt (= EMB-n) | infix | none

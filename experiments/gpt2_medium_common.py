@@ -2,8 +2,9 @@
 
 Not a config file itself: `experiments/{e2e,webnlg,dart}_gpt2_medium.py` call `get_config`
 with their data set and the hyper-parameters of the paper's Appendix A, for prefix-tuning
-and for each baseline row. The config argument is the GPT-2 medium directory and,
-optionally, a method of experiments/methods.py (one config per table row):
+and for each baseline row. The config argument is the GPT-2 medium directory (it becomes
+config.base_weights) and, optionally, a method of experiments/methods.py (one config per
+table row):
   --config=experiments/webnlg_gpt2_medium.py:/path/to/gpt2-medium            # prefix-kv
   --config=experiments/webnlg_gpt2_medium.py:/path/to/gpt2-medium,adapter-3  # a baseline
 
@@ -47,11 +48,11 @@ def get_config(arg, *, data: dict, prefix: dict, baselines: dict, train_pairs: i
     epochs, batch_size)} for ft, ft-top2 and the adapters. `train_pairs` (input,
     reference) pairs make one epoch.
     """
-    hf_checkpoint, method = parse_arg(arg)
+    base_weights, method = parse_arg(arg)
     hparams = baselines[method] if method in baselines else prefix
     config = common.base_config()
     config.model.update(GPT2_MEDIUM)
-    config.hf_checkpoint = hf_checkpoint
+    config.base_weights = base_weights
     config.prefix.update(kind="kv", length=prefix["length"], reparam_dim=512, init="random")
     methods.apply(config, method, ADAPTER_DIMS)
     config.train.update(
@@ -64,7 +65,7 @@ def get_config(arg, *, data: dict, prefix: dict, baselines: dict, train_pairs: i
         log_every=100,
         eval_every=5000,
     )
-    config.data.update(**data, tokenizer=os.path.join(hf_checkpoint, "tokenizer.json"))
+    config.data.update(**data, tokenizer=os.path.join(base_weights, "tokenizer.json"))
     config.checkpoint.every = 1000
     # Li & Liang decode table-to-text with beam search (beam 5).
     config.decode.update(max_new_tokens=100, strategy="beam", beam_size=5)

@@ -1,8 +1,9 @@
 """Paper setting: prefix-tune BART-large on XSUM (Li & Liang 2021, Table 2).
 
-Command (from the repo root; /path/to/bart-large is a Hugging Face facebook/bart-large
-directory with config.json, model.safetensors and tokenizer.json; data/xsum holds
-Li & Liang's {train,val,test}.source/.target, or use --config.data.name=tfds:xsum):
+Command (from the repo root; /path/to/bart-large, which becomes config.base_weights, is a
+Hugging Face facebook/bart-large directory with config.json, model.safetensors and
+tokenizer.json; data/xsum holds Li & Liang's {train,val,test}.source/.target, or use
+--config.data.name=tfds:xsum):
   python -m prefix_jax.main --config=experiments/xsum_bart_large.py:/path/to/bart-large \\
       --workdir=workdir/xsum_bart_large --config.data.train_path=data/xsum \\
       --config.data.dev_path=data/xsum --config.data.test_path=data/xsum
@@ -55,7 +56,7 @@ def get_config(arg=None):
         )
     config = common.base_config()
     config.model = common.bart_model(**BART_LARGE)
-    config.hf_checkpoint = arg
+    config.base_weights = arg
     config.prefix.update(kind="kv", length=200, reparam_dim=800, init="random")
     config.train.update(
         lr=5e-5, warmup_steps=0, num_steps=EPOCHS * math.ceil(TRAIN_PAIRS / BATCH), batch_size=BATCH,

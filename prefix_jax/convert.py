@@ -5,6 +5,10 @@ A checkpoint is a directory as `save_pretrained` writes it: `config.json` plus
 `pytorch_model.bin` (needs torch). `config.json`'s `model_type` picks the
 converter. Every tensor is accounted for: missing, unexpected or misshapen ones
 raise `CheckpointFormatError` naming them, never a silently partial model.
+
+`load_base` is how a run gets its base weights (`config.base_weights`): `detect` tells a
+Hugging Face directory from a project one (models/weights.py) by the files in it, and
+`load_base` hands it to that format's reader, so a new format is added in those two places.
 """
 
 import dataclasses
@@ -16,7 +20,7 @@ import numpy as np
 from safetensors import flax as safetensors_flax
 
 from prefix_jax.data import tokenizer as tokenizer_lib
-from prefix_jax.models import bart, gpt2, layers, llama
+from prefix_jax.models import bart, families, gpt2, layers, llama, weights
 
 
 class CheckpointFormatError(ValueError):
@@ -376,6 +380,71 @@ def load_params(path: str, expected) -> dict:
             f"set config.model to the checkpoint's architecture."
         )
     return params
+
+
+PROJECT, HUGGING_FACE = "project", "hugging_face"
+_EXPECTED = (
+    f"a project base-model directory ({weights.CONFIG} + {weights.WEIGHTS}) or a Hugging Face directory "
+    "(config.json + model.safetensors or pytorch_model.bin)"
+)
+
+
+class BaseWeightsError(ValueError):
+    """config.base_weights names nothing a base-weight reader takes."""
+
+
+def _old_project_layout(config_file: str) -> bool:
+    """A config.json as models/weights.py wrote it before its files were renamed."""
+    try:
+        with open(config_file) as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return False  # Not ours; the Hugging Face reader reports what is wrong with it.
+    return isinstance(meta, dict) and "model" in meta and "sha256" in meta
+
+
+def detect(path: str) -> str:
+    """The format of the base weights at `path` (PROJECT or HUGGING_FACE), from its files.
+
+    The one place a new kind of `path` (a .gguf file, a known model name) is recognised;
+    its reader then goes in `_BASE_READERS`.
+    """
+    where = f"config.base_weights={path!r}"
+    if not os.path.exists(path):
+        raise BaseWeightsError(f"{where} does not exist; expected {_EXPECTED}.")
+    if not os.path.isdir(path):
+        raise BaseWeightsError(f"{where} is a file of unknown type; expected {_EXPECTED}.")
+    project = any(os.path.isfile(os.path.join(path, name)) for name in (weights.CONFIG, weights.WEIGHTS))
+    hugging_face = os.path.isfile(os.path.join(path, "config.json"))
+    if project and hugging_face:
+        raise BaseWeightsError(
+            f"{where} holds both a project base model ({weights.CONFIG}) and a Hugging Face config.json; "
+            "keep one model per directory."
+        )
+    if project:
+        return PROJECT
+    if hugging_face and _old_project_layout(os.path.join(path, "config.json")):
+        raise BaseWeightsError(
+            f"{where} is a project base-model directory in the old layout; rename its config.json to "
+            f"{weights.CONFIG} and model.safetensors to {weights.WEIGHTS}."
+        )
+    if hugging_face:
+        return HUGGING_FACE
+    raise BaseWeightsError(f"{where} holds neither format; expected {_EXPECTED}.")
+
+
+def _load_project(path: str, expected) -> dict:
+    """A project directory records its model's family and fields; weights.load compares them."""
+    return weights.load(path, {"family": families.of(expected).name, **dataclasses.asdict(expected)})
+
+
+_BASE_READERS = {PROJECT: _load_project, HUGGING_FACE: load_params}
+
+
+def load_base(path: str, expected) -> dict:
+    """Params of the base weights at `path` in any format `detect` knows, refused unless made
+    for the model config `expected` (each reader's own architecture check)."""
+    return _BASE_READERS[detect(path)](path, expected)
 
 
 def load_tokenizer(path: str):

@@ -30,7 +30,7 @@ def export_best(config: ml_collections.ConfigDict, workdir: str, out: str) -> di
     params, meta = loop.restore_best(run)
     peft_adapter.save(
         out, run.exp.spec, params["prefix"], run.exp.model, params["base"],
-        base_model_name_or_path=config.hf_checkpoint,
+        base_model_name_or_path=config.base_weights,
     )
     logging.info("Exported the prefix of step %d to %s.", meta["step"], out)
     return {"step": meta["step"], "adapter": out, "num_virtual_tokens": run.exp.spec.length}

@@ -3,7 +3,7 @@
   python -m prefix_jax.main export_base --config=experiments/pretrain_base_lm.py \
       --workdir=workdir/base_lm --out=data/base_lm
 
-Writes `model.safetensors` + `config.json` (models/weights.py) from the run's
+Writes `base_model.safetensors` + `base_model.json` (models/weights.py) from the run's
 best checkpoint, its `tokenizer.json`, and `heldout.txt`: the first dev-split
 documents of the corpus (about `heldout_tokens` tokens), a fixed slice small
 enough to ship, on which the tests check the perplexity stays as recorded.
@@ -44,7 +44,7 @@ def write_heldout(dev_path: str, tokenizer, out_path: str, num_tokens: int) -> N
 
 
 def export_base(config: ml_collections.ConfigDict, workdir: str, out: str, heldout_tokens: int = 16384) -> dict:
-    """Writes the base-model directory `out` from `workdir`'s best checkpoint; returns its config.json."""
+    """Writes the base-model directory `out` from `workdir`'s best checkpoint; returns its base_model.json."""
     if config.train.mode != "full":
         raise ValueError(f"Only a full-training run is a base model; this config trains {config.train.mode!r}.")
     run = loop.setup(config, workdir, train_data=False, dev_data=False)

@@ -17,7 +17,7 @@ from flax import struct
 
 from prefix_jax import convert, sharding, trainable
 from prefix_jax import prefix as prefix_lib
-from prefix_jax.models import adapters, families, weights
+from prefix_jax.models import adapters, families
 
 # Decoder-only: tokens, attention_mask, loss_mask [batch, len] int32 / int32 / float32.
 # Encoder-decoder: tokens, attention_mask [batch, m_enc]; decoder_tokens, labels,
@@ -196,9 +196,8 @@ def create(config: ml_collections.ConfigDict, base_params: Optional[dict] = None
     """Builds the Experiment and the initial TrainState, laid out on `mesh`.
 
     `base_params` are the frozen pre-trained weights; when None they are read from
-    `config.base_weights` (a directory written by `models.weights.save`; GPT-2 family) or
-    `config.hf_checkpoint` (a Hugging Face GPT-2 or BART directory, see convert.py), or, when
-    both are empty, initialised at random directly sharded (never materialised whole
+    `config.base_weights` (a project or Hugging Face directory, see `convert.load_base`),
+    or, when it is empty, initialised at random directly sharded (never materialised whole
     on one device). Loaded weights get fresh adapters when `model.adapter_dim` asks for
     them. The mesh defaults to the first device alone.
     """
@@ -210,22 +209,10 @@ def create(config: ml_collections.ConfigDict, base_params: Optional[dict] = None
     model = family.make(model_config(config))
     spec = prefix_spec(config)
     trained_layers = top_layers(family, model.config, config.train)
-    if family.encoder_decoder and config.base_weights:
-        raise ValueError(
-            "An encoder-decoder trains from hf_checkpoint (or random weights); "
-            f"got base_weights={config.base_weights!r}."
-        )
     base_rng, prefix_rng = jax.random.split(jax.random.key(config.train.seed))
     base_shardings = sharding.base_param_shardings(family.logical_axes(model), mesh, config.sharding.rules)
-    if config.base_weights and config.hf_checkpoint:
-        raise ValueError(
-            f"Both base_weights ({config.base_weights!r}) and hf_checkpoint ({config.hf_checkpoint!r}) "
-            "are set; give the base weights one way."
-        )
     if base_params is None and config.base_weights:
-        base_params = weights.load(config.base_weights, config.model.to_dict())
-    if base_params is None and config.hf_checkpoint:
-        base_params = convert.load_params(config.hf_checkpoint, model.config)
+        base_params = convert.load_base(config.base_weights, model.config)
     if base_params is None:
         init = jax.jit(lambda key: family.init_params(model, key), out_shardings=base_shardings)
         base_params = init(base_rng)

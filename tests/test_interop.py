@@ -36,18 +36,15 @@ def hf_dir(tmp_path_factory):
     return str(path)
 
 
-def test_create_reads_base_weights_from_hf_checkpoint(hf_dir):
+def test_create_reads_a_hugging_face_directory_from_base_weights(hf_dir):
     config = tiny.get_config()
     config.model.update(TINY_HF)
-    config.hf_checkpoint = hf_dir
+    config.base_weights = hf_dir
     _, state = train.create(config)
     _, expected = convert.load(hf_dir)
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params["base"]), expected)
     config.model.num_layers = 3
     with pytest.raises(convert.CheckpointFormatError, match="num_layers: checkpoint 2, config 3"):
-        train.create(config)
-    config.base_weights = "elsewhere"
-    with pytest.raises(ValueError, match="give the base weights one way"):
         train.create(config)
 
 

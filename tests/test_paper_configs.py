@@ -21,7 +21,7 @@ def test_paper_configs(module, lr, length, batch, steps):
     assert train.model_config(config) == gpt2.GPT2Config(
         vocab_size=50257, num_layers=24, num_heads=16, d_model=1024, d_ff=4096, max_len=1024
     )
-    assert config.hf_checkpoint == "/models/gpt2-medium" and not config.base_weights
+    assert config.base_weights == "/models/gpt2-medium"
     assert config.data.tokenizer == "/models/gpt2-medium/tokenizer.json"
     assert (config.train.lr, config.prefix.length, config.train.batch_size) == (lr, length, batch)
     assert config.train.num_steps == steps and config.prefix.reparam_dim == 512
@@ -35,7 +35,7 @@ def test_xsum_bart_large_config():
     assert train.model_config(config) == bart.BartConfig(
         vocab_size=50265, encoder_layers=12, decoder_layers=12, num_heads=16, d_model=1024, d_ff=4096, max_len=1024
     )
-    assert config.hf_checkpoint == "/models/bart-large" and config.data.tokenizer == "/models/bart-large/tokenizer.json"
+    assert config.base_weights == "/models/bart-large" and config.data.tokenizer == "/models/bart-large/tokenizer.json"
     assert (config.prefix.kind, config.prefix.length, config.prefix.reparam_dim) == ("kv", 200, 800)
     assert (config.train.lr, config.train.batch_size, config.train.num_steps) == (5e-5, 48, 30 * 4251)
     assert (config.data.name, config.data.max_source_len, config.data.max_target_len) == ("xsum", 512, 60)
@@ -61,7 +61,7 @@ def test_every_table_row_has_a_gpt2_medium_config(method):
     lr, batch, steps = {"ft": (1e-5, 6, 10 * 3005), "ft-top2": (5e-5, 9, 10 * 2003),
                         "adapter-0.1": (5e-5, 5, 10 * 3605), "adapter-3": (5e-5, 5, 5 * 3605)}.get(method, (5e-5, 5, 5 * 3605))
     assert (config.train.lr, config.train.batch_size, config.train.num_steps) == (lr, batch, steps)
-    assert config.hf_checkpoint == "/models/gpt2-medium"
+    assert config.base_weights == "/models/gpt2-medium"
 
 
 def test_gpt2_medium_config_argument_errors():

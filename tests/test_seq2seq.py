@@ -197,8 +197,8 @@ def test_main_trains_and_decodes_dev_and_test_with_rouge(tmp_path):
         assert len((workdir / "generations" / f"{split}.txt").read_text().splitlines()) == inputs
 
 
-def test_hf_checkpoint_loads_a_bart_directory(tmp_path):
-    """config.hf_checkpoint reads a Hugging Face BART directory through convert.py (parity extra)."""
+def test_base_weights_loads_a_hugging_face_bart_directory(tmp_path):
+    """config.base_weights reads a Hugging Face BART directory through convert.py (parity extra)."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     import hf_tiny
@@ -207,7 +207,7 @@ def test_hf_checkpoint_loads_a_bart_directory(tmp_path):
     config = common.base_config()
     config.model = common.bart_model(vocab_size=97, d_model=32, d_ff=64, max_len=64)
     config.prefix.update(kind="kv", length=3, reparam_dim=8)
-    config.hf_checkpoint = str(tmp_path)
+    config.base_weights = str(tmp_path)
     _, state = train.create(config)
     _, expected = convert.load(str(tmp_path))
     for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(state.params["base"])):

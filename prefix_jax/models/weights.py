@@ -1,6 +1,8 @@
-"""Base-model weight directories: `config.json` + `model.safetensors`, as the repo ships them.
+"""Project base-model directories: `base_model.json` + `base_model.safetensors`, as the repo ships them.
 
-`config.json` holds the model hyper-parameters (`model`), the storage dtype and
+The names are the project's own so that they never share a name (and so a reader) with a
+Hugging Face checkpoint's `config.json` + `model.safetensors`, whose schema differs.
+`base_model.json` holds the model hyper-parameters (`model`), the storage dtype and
 the SHA-256 of the weights as loaded (float32), so a loaded model can be checked
 against what was recorded. Weights are stored in float16 to halve the file; they
 are always loaded as float32 and the recorded digest and perplexity are those of
@@ -17,7 +19,7 @@ from safetensors import numpy as safetensors_numpy
 
 from prefix_jax.checkpoint import flat_paths, weights_digest
 
-CONFIG, WEIGHTS = "config.json", "model.safetensors"
+CONFIG, WEIGHTS = "base_model.json", "base_model.safetensors"
 STORAGE_DTYPE = np.float16
 
 
@@ -37,7 +39,7 @@ def architecture(model_config: dict) -> dict:
 
 
 def save(directory: str, model_config: dict, params: dict, extra: dict | None = None) -> dict:
-    """Writes the directory; returns its config.json content (with the loaded weights' digest)."""
+    """Writes the directory; returns its base_model.json content (with the loaded weights' digest)."""
     os.makedirs(directory, exist_ok=True)
     flat = {path: np.asarray(leaf).astype(STORAGE_DTYPE) for path, leaf in flat_paths(params).items()}
     safetensors_numpy.save_file(flat, os.path.join(directory, WEIGHTS))

@@ -13,6 +13,7 @@ setuptools.setup(
     install_requires=[
         "absl-py>=2.1",
         "flax>=0.12",
+        "gguf>=0.10",  # llama.cpp's GGUF reader and dequantizers (prefix_jax.gguf_file).
         "jax>=0.10",
         "ml-collections>=1.0",
         "numpy>=1.26",

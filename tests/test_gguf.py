@@ -5,6 +5,7 @@ the tokenizer encodes as transformers' GGUF tokenizer; bad files are refused by 
 The parity tests need the [parity] extra and are skipped without it.
 """
 
+import dataclasses
 import importlib.metadata
 import os
 import time
@@ -153,6 +154,25 @@ def ours(path, tokens):
 
 def tokens(seed=0):
     return np.random.default_rng(seed).integers(0, VOCAB, (2, 11))
+
+
+def test_a_gguf_file_is_a_runs_base_weights(tmp_path):
+    """config.base_weights takes a GGUF file (by content, whatever its name) and checks its architecture."""
+    from experiments import common
+    from prefix_jax import train
+
+    path = write(tmp_path / "tiny.q8", random_tensors(), Q.Q8_0)
+    assert convert.detect(path) == convert.GGUF
+    model_config, params = convert.load(path)
+    config = common.base_config()
+    config.model = common.llama_model(**{k: v for k, v in dataclasses.asdict(model_config).items() if k != "dtype"})
+    config.base_weights = path
+    config.prefix.update(kind="kv", length=3)
+    _, state = train.create(config)
+    jax.tree.map(np.testing.assert_array_equal, state.params["base"], params)
+    config.model.num_layers = LAYERS + 1
+    with pytest.raises(convert.CheckpointFormatError, match=f"num_layers: checkpoint {LAYERS}, config {LAYERS + 1}"):
+        train.create(config)
 
 
 # --- parity (torch, transformers) -----------------------------------------------------------------

@@ -40,6 +40,12 @@ def llama_model(**dims) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(fields | dims)
 
 
+def smollm2_135m_model() -> ml_collections.ConfigDict:
+    """SmolLM2-135M-Instruct's architecture, as its GGUF file (base_weights="smollm2-135m") records it."""
+    return llama_model(vocab_size=49152, num_layers=30, num_heads=9, num_kv_heads=3, d_model=576, d_ff=1536,
+                       max_len=8192, head_dim=64, rope_theta=100000.0, rms_norm_epsilon=1e-5, tie_embeddings=True)
+
+
 def base_config(arg=None) -> ml_collections.ConfigDict:
     if arg:
         raise ValueError(f"This experiment takes no config argument, got {arg!r}.")

@@ -342,7 +342,7 @@ _CONVERTERS = {
 }
 
 
-def _is_gguf(path: str) -> bool:
+def is_gguf(path: str) -> bool:
     """A file that starts as GGUF files do, whatever its name."""
     from prefix_jax import gguf_file  # It imports this module.
 
@@ -354,7 +354,7 @@ def _is_gguf(path: str) -> bool:
 
 def load(path: str):
     """(model config, params) of the Hugging Face checkpoint directory `path`, or of a GGUF file."""
-    if _is_gguf(path):
+    if is_gguf(path):
         from prefix_jax import gguf_file
 
         return gguf_file.load(path)
@@ -435,7 +435,7 @@ def detect(path: str) -> str:
         return GGUF
     if not os.path.exists(path):
         raise BaseWeightsError(f"{where} does not exist; expected {_EXPECTED} ({sorted(gguf_file.KNOWN)}).")
-    if _is_gguf(path):
+    if is_gguf(path):
         return GGUF
     if not os.path.isdir(path):
         raise BaseWeightsError(f"{where} is a file of unknown type; expected {_EXPECTED}.")
@@ -481,7 +481,7 @@ def load_base(path: str, expected) -> dict:
 
 def load_tokenizer(path: str):
     """The checkpoint directory's tokenizer.json (or a GGUF file's tokenizer) as a `tokenizers.Tokenizer`."""
-    if _is_gguf(path):
+    if is_gguf(path):
         from prefix_jax import gguf_file
 
         return gguf_file.load_tokenizer(path)

@@ -156,6 +156,16 @@ def tokens(seed=0):
     return np.random.default_rng(seed).integers(0, VOCAB, (2, 11))
 
 
+def test_a_gguf_file_is_a_runs_tokenizer(tmp_path):
+    """config.data.tokenizer takes the GGUF file too: the data are encoded as the model reads them."""
+    from prefix_jax.data import tokenizer as tokenizer_lib
+
+    path = write(tmp_path / "tiny.gguf", random_tensors())
+    text = "Aarhus_Airport | runwayLength | 2702.0<|endoftext|>"
+    assert tokenizer_lib.load(path).encode(text).ids == convert.load_tokenizer(path).encode(text).ids
+    assert tokenizer_lib.eos_id(tokenizer_lib.load(path)) == convert.load_tokenizer(path).token_to_id("<|endoftext|>")
+
+
 def test_a_gguf_file_is_a_runs_base_weights(tmp_path):
     """config.base_weights takes a GGUF file (by content, whatever its name) and checks its architecture."""
     from experiments import common
@@ -363,6 +373,10 @@ def test_smollm2_wheel_matches_transformers():
     config, params = convert.load(path)
     print(f"SmolLM2 GGUF load: {time.time() - start:.1f} s")
     assert (config.num_layers, config.d_model, config.num_heads, config.num_kv_heads) == (30, 576, 9, 3)
+    from experiments import webnlg_smollm2
+    from prefix_jax import train
+
+    assert train.model_config(webnlg_smollm2.get_config()) == config  # The experiment's model section fits.
     tokenizer, theirs = convert.load_tokenizer(path), transformers_tokenizer(path)
     texts = [
         "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France.",

@@ -112,3 +112,25 @@ def test_bad_llama_checkpoints_fail_clearly(tmp_path):
         convert.load(str(tmp_path))
     assert "missing: layers.0.mlp.up_proj.weight" in str(error.value)
     assert "wrong shape: layers.1.self_attn.k_proj.weight: (32, 32), expected (16, 32)" in str(error.value)
+
+
+def test_a_hugging_face_llama_is_a_runs_base_weights(base):
+    """config.base_weights=DIR trains a prefix on the converted weights, GQA-sized."""
+    from experiments import common
+    from prefix_jax import train
+
+    path, model, params = base
+    config = common.base_config()
+    fields = dict(vars(model.config))
+    fields.pop("dtype")
+    config.model = common.llama_model(**fields)
+    config.base_weights = path
+    config.prefix.update(kind="kv", length=N, reparam_dim=16)
+    exp, state = train.create(config)
+    jax.tree.map(np.testing.assert_array_equal, state.params["base"], params)
+    assert state.params["prefix"]["out_kernel"].shape == (16, 2 * 2 * 2 * 8)  # L * (K, V) * kv_heads * head_dim
+    tokens, mask = hf_tiny.batch()
+    batch = {"tokens": jnp.asarray(tokens), "attention_mask": jnp.asarray(mask),
+             "loss_mask": jnp.asarray(mask, jnp.float32)}
+    with_prefix = train.forward(state.params, batch, None, model=exp.model, spec=exp.spec, deterministic=True)
+    assert hf_tiny.max_diff(np.asarray(with_prefix), ours(model, params, tokens, mask), mask) > 1e-3

@@ -3,7 +3,8 @@
 `load("byte")` builds a byte-level tokenizer needing no file: token id = byte value,
 plus `<|endoftext|>` = 256. It is the fallback for smoke runs on models trained
 from scratch. Any other value is a `tokenizer.json` path (GPT-2's BPE saved by
-Hugging Face, or the one shipped with the embedded model).
+Hugging Face, or the one shipped with the embedded model), a GGUF file or a known model
+name (`gguf_file.KNOWN`, e.g. "smollm2-135m"), whose tokenizer is built from its metadata.
 """
 
 import os
@@ -36,15 +37,20 @@ def byte_level() -> Tokenizer:
 
 
 def load(name: str) -> Tokenizer:
-    """'byte', or the path of a tokenizer.json that has an `<|endoftext|>` token (GPT-2) or
+    """'byte', a GGUF file or known model name, or the path of a tokenizer.json that has an `<|endoftext|>` token (GPT-2) or
     BART's `</s>` (encoder-decoder runs)."""
+    from prefix_jax import convert, gguf_file  # They import this module.
+
     if name == "byte":
         return byte_level()
+    if name in gguf_file.KNOWN:
+        name = gguf_file.resolve(name)
     if not os.path.isfile(name):
         raise FileNotFoundError(
-            f"Tokenizer file {name!r} does not exist; give a tokenizer.json path or 'byte'."
+            f"Tokenizer file {name!r} does not exist; give a tokenizer.json path, a GGUF file, one of "
+            f"{sorted(gguf_file.KNOWN)} or 'byte'."
         )
-    tokenizer = Tokenizer.from_file(name)
+    tokenizer = convert.load_tokenizer(name) if convert.is_gguf(name) else Tokenizer.from_file(name)
     if tokenizer.token_to_id(EOS) is None and tokenizer.token_to_id(BART_EOS) is None:
         raise ValueError(f"Tokenizer {name!r} has no {EOS!r} token, which the data format needs.")
     return tokenizer

@@ -119,15 +119,16 @@ def attend(query: Array, key: Array, value: Array, mask: Array, prefix=None, *, 
     rows, q_len, heads, head_dim = query.shape
     kv_heads = key.shape[2]
     shared = heads // kv_heads  # Query heads reading one key/value head.
-    query = query.reshape(rows, q_len, kv_heads, shared, head_dim) / jnp.sqrt(head_dim).astype(query.dtype)
-    scores = jnp.einsum("bqhsd,bkhd->bhsqk", query, key.astype(query.dtype))
+    query = query.reshape(rows, q_len, kv_heads, shared, head_dim)
+    scale = jnp.sqrt(head_dim).astype(query.dtype)
+    scores = jnp.einsum("bqhsd,bkhd->bhsqk", query, key.astype(query.dtype)) / scale
     n = 0
     if prefix is not None:
         prefix_key, prefix_value = (p.astype(query.dtype) for p in prefix)
         groups, n = prefix_key.shape[:2]
         grouped = query.reshape((groups, rows // groups) + query.shape[1:])
         prefix_scores = jnp.einsum("grqhsd,gkhd->grhsqk", grouped, prefix_key).reshape(rows, kv_heads, shared, q_len, n)
-        scores = jnp.concatenate([prefix_scores, scores], axis=-1)
+        scores = jnp.concatenate([prefix_scores / scale, scores], axis=-1)
     scores = jnp.where(mask[:, :, None], scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(scores, axis=-1).astype(dtype)
     if dropout is not None:

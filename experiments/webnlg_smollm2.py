@@ -13,7 +13,10 @@ Command (from the repo root; 2 CPU cores):
 Settings are the issue's probe (kv prefix n=10 through a 512-wide MLP, lr 2e-3 linearly
 decayed, batch 8, 300 steps: 13% of an epoch), not yet tuned; the default-job issue tunes
 padding, lr, length, batch and steps toward dev BLEU >= 40 in 20 minutes.
-Result: see the note of the session that ran it (none committed here yet).
+Result: none yet. One start, on 2 cores shared with a CI run and stopped at step 25: load
+and dev pass fine (dev loss 5.220 before training, with the random prefix), but the train
+loss at step 25 was 7.52: at lr 2e-3 without warmup these settings climb first. The
+default-job issue tunes them (warmup, lr, loss_per) before any figure goes here.
 """
 
 from experiments import common

@@ -20,7 +20,7 @@ from safetensors.numpy import load_file, save_file  # noqa: E402
 
 import hf_tiny  # noqa: E402
 from prefix_jax import convert, peft_adapter  # noqa: E402
-from prefix_jax.models import bart, gpt2, layers  # noqa: E402
+from prefix_jax.models import bart, gpt2  # noqa: E402
 
 ATOL = 1e-4
 N = 3

@@ -118,10 +118,14 @@ def test_beam_of_one_is_greedy(config, model, base_params, name):
     assert (np.asarray(greedy) == 20).any(), "some row should end early"
 
 
-def _sequence_log_prob(model, base_params, inputs, source, generated):
-    tokens = jnp.array([list(source) + list(generated)])
-    logprobs = jax.nn.log_softmax(model.apply({"params": base_params}, tokens, **inputs)[0], axis=-1)
-    return sum(float(logprobs[len(source) - 1 + i, token]) for i, token in enumerate(generated))
+def _log_probs(model, base_params, inputs, source, sequences):
+    """log p(token) at each generated position, [len(sequences), steps], of source + sequence,
+    all sequences in one batch (causal: a hypothesis's prefix scores as it would alone)."""
+    tokens = jnp.array([list(source) + list(seq) for seq in sequences])
+    logprobs = jax.nn.log_softmax(model.apply({"params": base_params}, tokens, **inputs), axis=-1)
+    steps = len(sequences[0])
+    positions = jnp.arange(len(source) - 1, len(source) - 1 + steps)
+    return np.asarray(jnp.take_along_axis(logprobs[:, positions], tokens[:, len(source):, None], axis=-1)[..., 0])
 
 
 @pytest.mark.parametrize("length_penalty", [0.0, 1.0, 2.0])
@@ -139,15 +143,13 @@ def test_wide_beam_finds_the_exhaustive_optimum(length_penalty, name):
     got = decode.strip_after_eos(decode.generate(base, decode.serve(spec, prefix, model, base), tokens, mask,
                                                  model=model, options=options, eos_id=eos), eos)
     inputs = prefix_lib.model_inputs(spec, prefix, config.prefix_geometry)
+    sequences = list(itertools.product(range(vocab), repeat=steps))
     for row, source in enumerate(sources):
-        candidates = [  # Every hypothesis: ends at its first EOS or runs to `steps` tokens.
-            seq[: seq.index(eos) + 1] if eos in seq else seq
-            for seq in itertools.product(range(vocab), repeat=steps)
-        ]
-        scored = {
-            tuple(c): _sequence_log_prob(model, base, inputs, source, c) / len(c) ** length_penalty
-            for c in candidates
-        }
+        logprobs = _log_probs(model, base, inputs, source, sequences)
+        scored = {}  # Every hypothesis: ends at its first EOS or runs to `steps` tokens.
+        for seq, token_logprobs in zip(sequences, logprobs):
+            length = seq.index(eos) + 1 if eos in seq else steps
+            scored[seq[:length]] = float(token_logprobs[:length].sum()) / length**length_penalty
         best = max(scored, key=scored.get)
         ranked = sorted(scored.values(), reverse=True)
         assert ranked[0] - ranked[1] > 1e-4, "the optimum should be unique"

@@ -18,7 +18,7 @@ from safetensors.numpy import load_file, save_file  # noqa: E402
 import hf_tiny  # noqa: E402
 from prefix_jax import convert, peft_adapter  # noqa: E402
 from prefix_jax import prefix as prefix_lib  # noqa: E402
-from prefix_jax.models import layers, llama  # noqa: E402
+from prefix_jax.models import llama  # noqa: E402
 
 ATOL = 1e-4
 N = 3

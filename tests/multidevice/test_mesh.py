@@ -1,5 +1,7 @@
 """Sharded training on 8 fake CPU devices (run through tests/test_sharding.py)."""
 
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -66,9 +68,15 @@ SHARDED = [(mesh, *setup) for mesh in MESHES if mesh != "1x1"
 SHARDED += [(mesh, "prefix", kind, "llama") for mesh in ("data2_tensor4", "fsdp2_tensor4") for kind in ("kv", "hidden")]
 
 
+@functools.cache
+def _one_device(mode, kind, family):
+    """The single-device reference, trained once for all the meshes it is compared with."""
+    return _train("1x1", mode, kind, family=family)
+
+
 @pytest.mark.parametrize("mesh_name, mode, kind, family", SHARDED)
 def test_sharded_steps_match_one_device(mesh_name, mode, kind, family):
-    exp, reference, ref_history = _train("1x1", mode, kind, family=family)
+    exp, reference, ref_history = _one_device(mode, kind, family)
     _, state, history = _train(mesh_name, mode, kind, family=family)
     np.testing.assert_allclose(history, ref_history, rtol=1e-5)
     trained, _ = trainable.partition(state.params, exp.labels)

@@ -42,13 +42,8 @@ LayerPrefix = Optional[Mapping[str, Array]]
 class PreNormBlock(nn.Module):
     """x + A_attn(Attn(N_attn(x))), then x + A_mlp(Mlp(N_mlp(x))), the adapters A only when
     the config has them. A family's block builds `attn` and `mlp` (and its norms, under
-    its own parameter names) in setup and says which norm goes where."""
-
-    def attn_input(self, x):
-        raise NotImplementedError
-
-    def mlp_input(self, x):
-        raise NotImplementedError
+    its own parameter names) in setup and says which norm goes where by defining
+    `attn_input(x)` = N_attn(x) and `mlp_input(x)` = N_mlp(x)."""
 
     def prefix_kv(self, hidden_prefix: Array) -> tuple[Array, Array]:
         """Keys and values of hidden-state prefix rows, the only way they reach the input rows

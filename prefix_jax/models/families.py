@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import flax.linen as nn
 
-from prefix_jax.models import bart, decoder, gpt2, llama
+from prefix_jax.models import bart, decoder, gpt2, layers, llama
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +33,7 @@ class Family:
     hf_model_type: str  # config.json's model_type of its Hugging Face checkpoints
     encoder_decoder: bool = False
     # (config, k) -> names of the last k layers' parameter subtrees (FT-top-k); None: not offered.
-    top_layers: Callable | None = lambda config, k: [decoder.layers.layer_name(i)
+    top_layers: Callable | None = lambda config, k: [layers.layer_name(i)
                                                     for i in range(config.num_layers - k, config.num_layers)]
 
     @property

@@ -96,6 +96,7 @@ def base_config(arg=None) -> ml_collections.ConfigDict:
             seed=0,
             log_every=25,
             eval_every=200,
+            eval_sequences=0,  # dev loss on this many dev sequences, evenly spaced (0 = all read)
         )
     )
     config.data = ml_collections.ConfigDict(
@@ -107,6 +108,7 @@ def base_config(arg=None) -> ml_collections.ConfigDict:
             tfds_data_dir="",  # for tfds:*; "" = TFDS's default
             tokenizer="byte",  # "byte" or a tokenizer.json path
             bucket_size=64,
+            pack_width=0,  # > 0: several sequences per row of this many tokens (decoder-only; kv/hidden prefix)
             block_len=256,  # text only: tokens per pre-training block
             max_source_len=512,  # encoder-decoder only: source tokens kept (with BOS/EOS)
             max_target_len=60,  # encoder-decoder only: target tokens kept (with BOS/EOS) for train and dev loss

@@ -42,6 +42,15 @@ _GLOBAL_TENSORS = {
 }
 
 
+def installed(name: str) -> bool:
+    """Whether the distribution that ships the known model `name` is installed."""
+    try:
+        importlib.metadata.distribution(KNOWN[name][0])
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
 def resolve(name_or_path: str) -> str:
     """The GGUF path for a name in `KNOWN` (found in its installed distribution) or a path."""
     if name_or_path in KNOWN:

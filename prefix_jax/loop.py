@@ -58,6 +58,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, train_data: bool =
             f"The tokenizer has {tokenizer.get_vocab_size()} tokens but model.vocab_size is "
             f"{config.model.vocab_size}; raise vocab_size or use a smaller tokenizer."
         )
+    _check_packing(config)
     if families.get(config.model.family).encoder_decoder:
         d = config.data
         encode = lambda split: pipeline.encode_seq2seq(
@@ -66,12 +67,12 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, train_data: bool =
     else:
         encode = lambda split: pipeline.encode_split(config.data, split, tokenizer, config.model.max_len)
         pad = pipeline.pad_lm
-    make_batches = lambda split, shuffle: pipeline.Batches(
-        encode(split), config.train.batch_size, config.data.bucket_size, seed=config.train.seed, shuffle=shuffle,
-        pad=pad,
+    make_batches = lambda sequences, shuffle: pipeline.Batches(
+        sequences, config.train.batch_size, config.data.bucket_size, seed=config.train.seed, shuffle=shuffle,
+        pad=pad, pack_width=config.data.pack_width,
     )
-    train_batches = make_batches("train", True) if train_data else None
-    dev_batches = make_batches("dev", False) if dev_data else None
+    train_batches = make_batches(encode("train"), True) if train_data else None
+    dev_batches = make_batches(_spread(encode("dev"), config.train.eval_sequences), False) if dev_data else None
     mesh = sharding.make_mesh(config.mesh.to_dict())
     sharding.check_batch_size(config.train.batch_size, mesh)
     exp, state = create(config, mesh=mesh)
@@ -84,6 +85,35 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, train_data: bool =
         workdir, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save
     )
     return Run(config, exp, state, train_batches, dev_batches, checkpointer, fingerprint)
+
+
+def _check_packing(config: ml_collections.ConfigDict) -> None:
+    """Packed rows (data.pack_width > 0) need what their attention mask can express."""
+    width, kind = config.data.pack_width, config.prefix.kind
+    if width == 0:
+        return
+    problem = (
+        "a negative width" if width < 0
+        else "a width over model.max_len" if width > config.model.max_len
+        else "an encoder-decoder" if families.get(config.model.family).encoder_decoder
+        else f"prefix.kind={kind!r}" if kind in ("prompt", "infix") or (kind == "hidden" and config.prefix.literal)
+        else None
+    )
+    if problem:
+        raise ValueError(
+            f"data.pack_width={width} cannot be used with {problem}; set data.pack_width=0 (length buckets) "
+            f"or use 0 < width <= max_len, a decoder-only model, and a kv/hidden prefix."
+        )
+
+
+def _spread(sequences: list, count: int) -> list:
+    """`count` sequences evenly spaced through `sequences` (all when count is 0): a dev loss
+    that samples every category without paying for the whole split at every evaluation."""
+    if count < 0:
+        raise ValueError(f"train.eval_sequences is {count}; use 0 (all dev sequences) or a positive count.")
+    if count == 0 or count >= len(sequences):
+        return sequences
+    return [sequences[i] for i in np.linspace(0, len(sequences) - 1, count).round().astype(int)]
 
 
 def _saveable(state: TrainState, exp: Experiment, rng: jax.Array) -> dict:
@@ -303,17 +333,32 @@ def _generate(config, exp: Experiment, params: dict, tokenizer, inputs: list[Exa
     else:
         start_tokens, room = (), config.model.max_len - c.max_new_tokens
         sources = [pipeline.encode_source(tokenizer, example.source)[-room:] for example in inputs]
-    generations = []
+    # Batches of similar source lengths: less padding, and rows that tend to finish together.
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+    generations = [None] * len(sources)
     for start in range(0, len(sources), c.batch_size):
-        chunk = sources[start : start + c.batch_size]
+        members = order[start : start + c.batch_size]
+        chunk = [sources[i] for i in members]
         chunk += [chunk[0]] * (c.batch_size - len(chunk))  # One batch shape for every chunk.
         width = min(pipeline.bucket_width(max(map(len, chunk)), config.data.bucket_size), room)
         tokens, mask = decode_lib.pad_rows(chunk, width, left=not start_tokens)
         new = decode_lib.generate(params["base"], served, tokens, mask, model=exp.model, options=options, eos_id=eos,
                                   rng=jax.random.fold_in(jax.random.key(c.seed), start), start_tokens=start_tokens)
-        generations += decode_lib.strip_after_eos(new, eos)[: len(sources) - start]
+        for i, generation in zip(members, decode_lib.strip_after_eos(new, eos)):
+            generations[i] = generation
         logging.info("decoded %d/%d inputs", min(start + c.batch_size, len(sources)), len(sources))
     return generations
+
+
+def distinct_inputs(data_config: ml_collections.ConfigDict, split: str) -> list[Example]:
+    """The split's examples with one entry per distinct source, holding all its references
+    (as the paper scores them), in order of first appearance."""
+    merged: dict[str, Example] = {}
+    for example in sources.read(data_config, split):
+        first = merged.setdefault(example.source, example)
+        if first is not example:
+            merged[example.source] = dataclasses.replace(first, references=first.references + example.references)
+    return list(merged.values())
 
 
 def decode(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -330,12 +375,7 @@ def decode(config: ml_collections.ConfigDict, workdir: str) -> dict:
     run = setup(config, workdir, train_data=False, dev_data=False)  # Decoding reads inputs whole.
     params, meta = restore_best(run)
     tokenizer = tokenizer_lib.load(config.data.tokenizer)
-    merged: dict[str, Example] = {}
-    for example in sources.read(config.data, c.split):
-        first = merged.setdefault(example.source, example)
-        if first is not example:
-            merged[example.source] = dataclasses.replace(first, references=first.references + example.references)
-    inputs = list(merged.values())
+    inputs = distinct_inputs(config.data, c.split)
     texts = [tokenizer.decode(ids).strip() for ids in _generate(config, run.exp, params, tokenizer, inputs)]
     out_dir = os.path.join(workdir, "generations")
     os.makedirs(out_dir, exist_ok=True)

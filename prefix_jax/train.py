@@ -92,7 +92,13 @@ def loss_fn(trainable_params, frozen_params, batch, rng, *, model, spec, per="to
     token_loss = loss_sum / jnp.maximum(weight, 1.0)
     if per == "token":
         return token_loss, (token_loss, weight)
-    sequences = jnp.sum(jnp.any(_targets(logits, batch)[2] > 0, axis=1))
+    has_target = _targets(logits, batch)[2] > 0
+    if "segment_ids" in batch:  # Packed rows: count the sequences whose last token is a target.
+        segments = batch["segment_ids"][:, 1:]
+        ends = segments != jnp.pad(segments[:, 1:], ((0, 0), (0, 1)))
+        sequences = jnp.sum(has_target & ends)
+    else:
+        sequences = jnp.sum(jnp.any(has_target, axis=1))
     return loss_sum / jnp.maximum(sequences, 1), (token_loss, weight)
 
 

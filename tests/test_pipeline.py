@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from prefix_jax import loop
 from prefix_jax.data import pipeline, synthetic
 from prefix_jax.data import tokenizer as tokenizer_lib
 from prefix_jax.data.records import Example
@@ -96,3 +97,12 @@ def test_batching_errors_are_clear(byte_tokenizer):
         pipeline.Batches([], 8, 16, seed=0, shuffle=True)
     with pytest.raises(ValueError, match="exceeds every length bucket"):
         pipeline.Batches(_sequences(byte_tokenizer, num=5), 8, 16, seed=0, shuffle=True)
+
+
+def test_dev_loss_sequences_are_spread_over_the_split():
+    """train.eval_sequences: evenly spaced, first and last included, all when 0 or too many."""
+    sequences = list(range(100))
+    assert loop._spread(sequences, 5) == [0, 25, 50, 74, 99]
+    assert loop._spread(sequences, 0) == loop._spread(sequences, 200) == sequences
+    with pytest.raises(ValueError, match="train.eval_sequences is -1"):
+        loop._spread(sequences, -1)

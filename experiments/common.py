@@ -106,7 +106,7 @@ def base_config(arg=None) -> ml_collections.ConfigDict:
             dev_path="data/webnlg2017_train_dev.tar.xz",
             test_path="",  # decode.split=test reads it (WebNLG 2017 test: webnlg2017/test/**/*.xml)
             tfds_data_dir="",  # for tfds:*; "" = TFDS's default
-            tokenizer="byte",  # "byte" or a tokenizer.json path
+            tokenizer="byte",  # "byte", a tokenizer.json path, a GGUF file or a known name (smollm2-135m)
             bucket_size=64,
             pack_width=0,  # > 0: several sequences per row of this many tokens (decoder-only; kv/hidden prefix)
             block_len=256,  # text only: tokens per pre-training block

@@ -28,8 +28,10 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from flax import traverse_util
 
+from prefix_jax import errors
 
-class CheckpointMismatchError(ValueError):
+
+class CheckpointMismatchError(errors.UserError):
     """The checkpoint was made for another base model, prefix or training mode."""
 
 

@@ -19,11 +19,12 @@ from typing import Callable
 import numpy as np
 from safetensors import flax as safetensors_flax
 
+from prefix_jax import errors
 from prefix_jax.data import tokenizer as tokenizer_lib
 from prefix_jax.models import bart, families, gpt2, layers, llama, weights
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(errors.UserError):
     """The checkpoint directory does not hold what its model type needs."""
 
 
@@ -407,7 +408,7 @@ _EXPECTED = (
 )
 
 
-class BaseWeightsError(ValueError):
+class BaseWeightsError(errors.UserError):
     """config.base_weights names nothing a base-weight reader takes."""
 
 

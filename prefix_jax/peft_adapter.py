@@ -23,13 +23,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prefix_jax import errors
 from prefix_jax import prefix as prefix_lib
 
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
 
 
-class AdapterFormatError(ValueError):
+class AdapterFormatError(errors.UserError):
     """The adapter directory is not a PEFT prefix-tuning adapter for this model."""
 
 

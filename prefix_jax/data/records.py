@@ -8,6 +8,8 @@ like "KeyError: 'lex'" on a 20 000-record file sends the user hunting.
 
 import dataclasses
 
+from prefix_jax import errors
+
 
 @dataclasses.dataclass(frozen=True)
 class Example:
@@ -17,7 +19,7 @@ class Example:
     seen: bool = True  # WebNLG: category seen in training (False = unseen test category)
 
 
-class DataError(ValueError):
+class DataError(errors.UserError):
     """A record in a data file is malformed; the message says where, what and what to do."""
 
 

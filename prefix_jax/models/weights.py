@@ -17,13 +17,14 @@ import numpy as np
 from flax import traverse_util
 from safetensors import numpy as safetensors_numpy
 
+from prefix_jax import errors
 from prefix_jax.checkpoint import flat_paths, weights_digest
 
 CONFIG, WEIGHTS = "base_model.json", "base_model.safetensors"
 STORAGE_DTYPE = np.float16
 
 
-class WeightsError(ValueError):
+class WeightsError(errors.UserError):
     """A weight directory is missing, incomplete, or does not fit the configured model."""
 
 

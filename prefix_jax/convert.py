@@ -20,12 +20,16 @@ import numpy as np
 from safetensors import flax as safetensors_flax
 
 from prefix_jax import errors
+from prefix_jax.data import records
 from prefix_jax.data import tokenizer as tokenizer_lib
 from prefix_jax.models import bart, families, gpt2, layers, llama, weights
 
 
 class CheckpointFormatError(errors.UserError):
     """The checkpoint directory does not hold what its model type needs."""
+
+
+_REWRITE = "download the checkpoint again, or write it with Hugging Face's save_pretrained"
 
 
 def read_config(path: str) -> dict:
@@ -35,8 +39,7 @@ def read_config(path: str) -> dict:
         raise CheckpointFormatError(
             f"{path!r} has no config.json; give a directory written by Hugging Face's save_pretrained."
         )
-    with open(file) as f:
-        return json.load(f)
+    return records.read_json_object(file, CheckpointFormatError, _REWRITE)
 
 
 def read_tensors(path: str) -> dict[str, np.ndarray]:
@@ -52,8 +55,8 @@ def read_tensors(path: str) -> dict[str, np.ndarray]:
         if os.path.isfile(safetensors_file):
             files = [safetensors_file]
         else:
-            with open(index_file) as f:
-                files = [os.path.join(path, name) for name in sorted(set(json.load(f)["weight_map"].values()))]
+            index = records.read_json_object(index_file, CheckpointFormatError, _REWRITE)
+            files = [os.path.join(path, name) for name in sorted(set(index["weight_map"].values()))]
         tensors = {}
         for file in files:
             # The flax reader, unlike the numpy one, knows bfloat16 (how most Llama weights ship).

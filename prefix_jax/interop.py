@@ -25,6 +25,7 @@ def _prefix_run(run: loop.Run) -> None:
 
 def export_best(config: ml_collections.ConfigDict, workdir: str, out: str) -> dict:
     """Writes the best checkpoint's prefix in `workdir` to `out` as a PEFT adapter."""
+    loop.require_trained(workdir)
     run = loop.setup(config, workdir, train_data=False, dev_data=False)
     _prefix_run(run)
     params, meta = loop.restore_best(run)

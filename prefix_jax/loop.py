@@ -1,13 +1,17 @@
 """The training loop: data, resume, logging, dev evaluation, checkpoints.
 
-`train_and_evaluate` resumes from the workdir's latest checkpoint when there is
-one, so rerunning a killed command continues it; `evaluate` scores the best
-checkpoint. Both refuse checkpoints made for another setup (checkpoint.py).
+`train_and_evaluate` resumes from the workdir's newest checkpoint that verifies, so
+rerunning a killed or preempted command continues it; `evaluate` scores the best
+checkpoint. Both refuse checkpoints made for another setup (checkpoint.py), and a
+resume refuses a change to what decides the data order and the optimisation
+(`RUN_FIELDS`). Every command checks its config's ranges before any work
+(validation.py), and one training run at a time holds a workdir (run_lock.py).
 """
 
 import dataclasses
 import json
 import os
+import signal
 import time
 from typing import Any, Optional
 
@@ -18,7 +22,7 @@ import numpy as np
 import tensorboardX
 from absl import logging
 
-from prefix_jax import checkpoint, sharding, trainable
+from prefix_jax import checkpoint, errors, preemption, run_lock, sharding, trainable, validation
 from prefix_jax import decode as decode_lib
 from prefix_jax import metrics
 from prefix_jax import prefix as prefix_lib
@@ -50,8 +54,10 @@ class Run:
         return (sharding.global_batch(batch, self.batch_sharding) for batch in batches)
 
 
-def setup(config: ml_collections.ConfigDict, workdir: str, *, train_data: bool = True, dev_data: bool = True) -> Run:
+def setup(config: ml_collections.ConfigDict, workdir: str, *, train_data: bool = True, dev_data: bool = True,
+          decoding: bool = False) -> Run:
     """Builds a Run; only the data splits the command uses are read and encoded."""
+    validation.check(config, decoding=decoding)
     tokenizer = tokenizer_lib.load(config.data.tokenizer)
     if tokenizer.get_vocab_size() > config.model.vocab_size:
         raise ValueError(
@@ -64,12 +70,13 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, train_data: bool =
         encode = lambda split: pipeline.encode_seq2seq(
             sources.read(d, split), tokenizer, d.max_source_len, d.max_target_len)
         pad = pipeline.seq2seq_padder(pipeline.bucket_width(d.max_target_len, d.bucket_size), tokenizer_lib.pad_id(tokenizer))
+        max_width = d.max_source_len
     else:
         encode = lambda split: pipeline.encode_split(config.data, split, tokenizer, config.model.max_len)
-        pad = pipeline.pad_lm
+        pad, max_width = pipeline.pad_lm, config.model.max_len
     make_batches = lambda sequences, shuffle: pipeline.Batches(
         sequences, config.train.batch_size, config.data.bucket_size, seed=config.train.seed, shuffle=shuffle,
-        pad=pad, pack_width=config.data.pack_width,
+        pad=pad, pack_width=config.data.pack_width, max_width=max_width,
     )
     train_batches = make_batches(encode("train"), True) if train_data else None
     dev_batches = make_batches(_spread(encode("dev"), config.train.eval_sequences), False) if dev_data else None
@@ -130,18 +137,71 @@ def _saveable(state: TrainState, exp: Experiment, rng: jax.Array) -> dict:
     }
 
 
+# What decides a run's data order and optimisation, recorded in every checkpoint: a resume
+# with another value is refused. train.num_steps may change (extending or shortening the
+# run, said in the log); so may what only logs, evaluates, saves or decodes (log_every,
+# eval_every, checkpoint.*, decode.*) and the mesh. Model and prefix are in the fingerprint.
+RUN_FIELDS = (
+    "train.batch_size", "train.lr", "train.warmup_steps", "train.seed", "train.weight_decay", "train.adam_b1",
+    "train.adam_b2", "train.adam_eps", "train.grad_clip_norm", "train.loss_per", "train.eval_sequences",
+    "data.name", "data.train_path", "data.dev_path", "data.num_train", "data.num_dev", "data.tokenizer",
+    "data.bucket_size", "data.pack_width", "data.block_len", "data.max_source_len", "data.max_target_len",
+)
+
+
+def run_record(config: ml_collections.ConfigDict) -> dict:
+    """The RUN_FIELDS values (and train.num_steps) of `config`, as a checkpoint records them."""
+    fields = RUN_FIELDS + ("train.num_steps",)
+    return {field: config[field.split(".")[0]][field.split(".")[1]] for field in fields}
+
+
+def _compare_run(run: Run, meta: dict, step: int) -> None:
+    """Refuses to resume `meta`'s checkpoint (at `step`) into a run that would continue it differently."""
+    where = f"the checkpoint at step {step} in {run.checkpointer.directory}"
+    saved, now = meta.get("run"), run_record(run.config)
+    if saved is None:
+        logging.warning("%s records no run settings (an older checkpoint); they are not compared.", where)
+        return
+    changed = [f"{field} is {now[field]!r} here but {saved.get(field)!r} in the checkpoint's run"
+               for field in RUN_FIELDS if saved.get(field) != now[field]]
+    if changed:
+        raise checkpoint.CheckpointMismatchError(
+            f"Cannot resume {where}: {'; '.join(changed)}; rerun with the checkpoint's values "
+            f"(its run's config.json) or use a new workdir."
+        )
+    if (then := meta["data_position"]["batches_per_epoch"]) != run.train_batches.batches_per_epoch:
+        raise checkpoint.CheckpointMismatchError(
+            f"Cannot resume {where}: the training data gives {run.train_batches.batches_per_epoch} batches per epoch "
+            f"here but gave {then} to the checkpoint's run (the data files changed?); restore them or use a new workdir."
+        )
+    steps = run.config.train.num_steps
+    if steps < step:
+        raise errors.ConfigError(
+            f"train.num_steps is {steps} but {where} is already past it; use train.num_steps >= {step}."
+        )
+    if steps != saved["train.num_steps"]:
+        logging.warning(
+            "train.num_steps changed from %d to %d: %s the run; from step %d on, the learning rate follows the "
+            "schedule for %d steps, so the result differs from a run started with %d.",
+            saved["train.num_steps"], steps, "extending" if steps > saved["train.num_steps"] else "shortening",
+            step, steps, steps,
+        )
+
+
 def _restore_or_start(run: Run, rng: jax.Array) -> TrainState:
-    """The latest checkpoint's state (frozen weights from their source), or the initial state."""
+    """The newest verified checkpoint's state (frozen weights from their source), or the initial state."""
     restored = run.checkpointer.restore_latest(_saveable(run.state, run.exp, rng), run.fingerprint)
     if restored is None:
         return run.state
     saved, meta = restored
+    step = int(saved["step"])
     if not np.array_equal(saved["rng"].addressable_data(0), jax.random.key_data(rng)):
         raise checkpoint.CheckpointMismatchError(
             "The checkpoint's RNG key differs from this run's (train.seed changed?); use the same seed or a new workdir."
         )
+    _compare_run(run, meta, step)
     _, frozen = trainable.partition(run.state.params, run.exp.labels)
-    logging.info("Resuming from step %d (data position %s).", int(saved["step"]), meta["data_position"])
+    logging.info("Resuming from step %d (data position %s).", step, meta["data_position"])
     return TrainState(
         step=saved["step"], params=trainable.combine(saved["trainable"], frozen), opt_state=saved["opt_state"]
     )
@@ -150,14 +210,26 @@ def _restore_or_start(run: Run, rng: jax.Array) -> TrainState:
 class _Metrics:
     """TensorBoard scalars plus a metrics.jsonl log that tests and scripts can read.
 
+    Each step appears once however often the run resumes: a run resumed from step s
+    (0: started afresh) first drops metrics.jsonl's records after s (a killed run wrote
+    them, and this one writes them again; from step 0 on when starting afresh, whose step 0
+    is logged again), and TensorBoard hides earlier events from that step on (`purge_step`).
     Only process 0 writes; other hosts of a multi-host run compute the same values.
     """
 
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str, resumed_from: int):
         self.active = jax.process_index() == 0
         if self.active:
-            self.writer = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
-            self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            first_new = resumed_from + 1 if resumed_from else 0
+            self.writer = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=first_new)
+            path = os.path.join(workdir, "metrics.jsonl")
+            kept = []
+            if os.path.exists(path):
+                with open(path) as f:
+                    kept = [line for line in f if json.loads(line)["step"] < first_new]
+            with open(path, "w") as f:
+                f.writelines(kept)
+            self.jsonl = open(path, "a")
 
     def write(self, step: int, scalars: dict) -> None:
         if not self.active:
@@ -187,21 +259,36 @@ def _all_finite(tree) -> bool:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains (resuming from workdir's latest checkpoint), evaluating on dev; returns a summary.
+    """Trains (resuming from workdir's newest verified checkpoint), evaluating on dev; returns a summary.
 
-    Writes `config.json` (the run's config) first. Loss values are checked before every checkpoint and log line: a non-finite
-    loss stops the run with its step, and nothing after the last finite stretch
-    is ever saved. With `decode.after_training`, the best checkpoint's dev
-    generations and scores (`decode`) end the run and join the summary.
+    Checks the config, then holds the workdir's run lock for the whole run. Writes
+    `config.json` (the run's config) once the resume is accepted. Loss values are checked
+    before every checkpoint and log line: a non-finite loss stops the run with its step,
+    and nothing after the last finite stretch is ever saved. SIGTERM or SIGINT save the
+    current step and end the run with `preemption.Preempted`. With
+    `decode.after_training`, the best checkpoint's dev generations and scores (`decode`)
+    end the run and join the summary.
     """
+    validation.check(config, decoding=config.decode.after_training)
     os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0:  # What the run was, for reports (prefix_jax/report.py).
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json(indent=2))
-    run = setup(config, workdir)
+    with run_lock.hold(workdir):
+        summary = _train(config, workdir)
+        if config.decode.after_training:
+            summary["decode"] = decode(config, workdir)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+    return summary
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    run = setup(config, workdir, decoding=config.decode.after_training)
     c = config.train
     rng = jax.random.key(c.seed + 1)
     state = _restore_or_start(run, rng)
+    if jax.process_index() == 0:  # What the run was, for reports (prefix_jax/report.py).
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json(indent=2))
     train_fn, eval_fn = make_step_fns(run.exp)
     trained, _ = trainable.partition(state.params, run.exp.labels)
     summary: dict[str, Any] = {
@@ -214,8 +301,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info("Parameters: %s", summary)
     logging.info("Train: %d batches per epoch; dev: %d batches.", run.train_batches.batches_per_epoch,
                  run.dev_batches.batches_per_epoch)
-    metrics_log = _Metrics(workdir)
     first_step = int(state.step)
+    metrics_log = _Metrics(workdir, resumed_from=first_step)
     if first_step == 0:
         summary["dev_loss_before"] = evaluate_loss(eval_fn, state.params, run.sharded(run.dev_batches))
         metrics_log.write(0, {"dev/loss": summary["dev_loss_before"]})
@@ -223,47 +310,62 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     best = run.checkpointer.best_dev_loss()
     batches = run.train_batches.from_step(first_step)
     pending, tokens_seen, start, last_dev_loss = [], 0, time.perf_counter(), None
-    intact = lambda: (
-        f"The latest checkpoint in {run.checkpointer.directory} "
-        f"(step {run.checkpointer.latest.latest_step()}) is intact."
-    )
+
+    def intact() -> str:
+        step = run.checkpointer.newest_verified(_saveable(run.state, run.exp, rng), run.fingerprint)
+        where = run.checkpointer.directory
+        if step is None:
+            return f"No checkpoint in {where} verifies; a rerun starts from step 0."
+        return f"The newest checkpoint that verifies is step {step} in {where}; rerunning resumes from it."
+
     try:
-        for step in range(first_step + 1, c.num_steps + 1):
-            batch = next(batches)
-            state, step_metrics = train_fn(state, sharding.global_batch(batch, run.batch_sharding), rng)
-            pending.append((step, step_metrics["loss"]))
-            tokens_seen += int(batch["attention_mask"].sum())
-            last = step == c.num_steps
-            save_now = step % config.checkpoint.every == 0 or last
-            eval_now = step % c.eval_every == 0 or last
-            if step % c.log_every == 0 or save_now or eval_now:
-                if bad := _first_non_finite(pending):
-                    raise FloatingPointError(f"Loss is {bad[1]} at step {bad[0]}; stopping. {intact()}")
-                elapsed = time.perf_counter() - start
-                rate = tokens_seen / elapsed
-                loss, lr = float(step_metrics["loss"]), float(run.exp.schedule(step - 1))
-                logging.info(
-                    "step %d/%d  loss %.4f  lr %.2e  %.0f tokens/s  ETA %.0fs", step, c.num_steps, loss, lr, rate,
-                    elapsed / (step - first_step) * (c.num_steps - step),
-                )
-                metrics_log.write(step, {"train/loss": loss, "train/lr": lr, "train/tokens_per_second": rate})
-                pending = []
-            if eval_now:
-                dev_loss = last_dev_loss = evaluate_loss(eval_fn, state.params, run.sharded(run.dev_batches))
-                metrics_log.write(step, {"dev/loss": dev_loss})
-                logging.info("step %d  dev loss %.4f", step, dev_loss)
-                if best is None or dev_loss < best:
-                    best = dev_loss
-                    meta = {"fingerprint": run.fingerprint, "step": step, "dev_loss": dev_loss}
-                    run.checkpointer.save_best(step, trainable.partition(state.params, run.exp.labels)[0], meta, dev_loss)
-            if save_now:
-                if not _all_finite(trainable.partition(state.params, run.exp.labels)[0]):
-                    raise FloatingPointError(
-                        f"Parameters became non-finite by step {step} (the loss was still finite); "
-                        f"stopping. {intact()}"
+        with preemption.StopSignals() as signals:
+            for step in range(first_step + 1, c.num_steps + 1):
+                batch = next(batches)
+                state, step_metrics = train_fn(state, sharding.global_batch(batch, run.batch_sharding), rng)
+                pending.append((step, step_metrics["loss"]))
+                run.checkpointer.seal_committed()
+                tokens_seen += int(batch["attention_mask"].sum())
+                last = step == c.num_steps
+                stop = None if last else signals.requested()
+                save_now = step % config.checkpoint.every == 0 or last or stop
+                eval_now = step % c.eval_every == 0 or last
+                if step % c.log_every == 0 or save_now or eval_now:
+                    if bad := _first_non_finite(pending):
+                        raise FloatingPointError(f"Loss is {bad[1]} at step {bad[0]}; stopping. {intact()}")
+                    elapsed = time.perf_counter() - start
+                    rate = tokens_seen / elapsed
+                    loss, lr = float(step_metrics["loss"]), float(run.exp.schedule(step - 1))
+                    logging.info(
+                        "step %d/%d  loss %.4f  lr %.2e  %.0f tokens/s  ETA %.0fs", step, c.num_steps, loss, lr,
+                        rate, elapsed / (step - first_step) * (c.num_steps - step),
                     )
-                meta = {"fingerprint": run.fingerprint, "data_position": run.train_batches.position(step)}
-                run.checkpointer.save(step, _saveable(state, run.exp, rng), meta)
+                    metrics_log.write(step, {"train/loss": loss, "train/lr": lr, "train/tokens_per_second": rate})
+                    pending = []
+                if eval_now:
+                    dev_loss = last_dev_loss = evaluate_loss(eval_fn, state.params, run.sharded(run.dev_batches))
+                    metrics_log.write(step, {"dev/loss": dev_loss})
+                    logging.info("step %d  dev loss %.4f", step, dev_loss)
+                    if best is None or dev_loss < best:
+                        best = dev_loss
+                        meta = {"fingerprint": run.fingerprint, "step": step, "dev_loss": dev_loss}
+                        run.checkpointer.save_best(
+                            step, trainable.partition(state.params, run.exp.labels)[0], meta, dev_loss)
+                if save_now:
+                    if not _all_finite(trainable.partition(state.params, run.exp.labels)[0]):
+                        raise FloatingPointError(
+                            f"Parameters became non-finite by step {step} (the loss was still finite); "
+                            f"stopping. {intact()}"
+                        )
+                    meta = {"fingerprint": run.fingerprint, "data_position": run.train_batches.position(step),
+                            "run": run_record(config)}
+                    run.checkpointer.save(step, _saveable(state, run.exp, rng), meta)
+                if stop:
+                    run.checkpointer.wait()
+                    raise preemption.Preempted(
+                        f"Stopped by {signal.Signals(stop).name} after step {step}, saved in "
+                        f"{run.checkpointer.directory}/{step}; rerun the same command to resume.", stop,
+                    )
     finally:
         run.checkpointer.wait()
         run.checkpointer.close()
@@ -280,12 +382,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         steps=int(state.step),
     )
     logging.info("dev loss after training: %.4f (best %.4f)", summary["dev_loss_after"], best)
-    if config.decode.after_training:
-        summary["decode"] = decode(config, workdir)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
     return summary
+
+
+def require_trained(workdir: str) -> None:
+    """Refuses, before anything is created, a workdir that holds no best checkpoint (a typo in
+    --workdir would otherwise become a new empty workdir and a deeper error)."""
+    if not os.path.isdir(os.path.join(workdir, "best")):
+        what = "does not exist" if not os.path.exists(workdir) else "holds no best checkpoint (best/)"
+        raise checkpoint.MissingCheckpointError(
+            f"The workdir {workdir} {what}; check --workdir, or train there first."
+        )
 
 
 def restore_best(run: Run) -> tuple[dict, dict]:
@@ -300,6 +407,7 @@ def restore_best(run: Run) -> tuple[dict, dict]:
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Dev loss of the best checkpoint in `workdir` (refused if made for another setup)."""
+    require_trained(workdir)
     run = setup(config, workdir, train_data=False)
     params, meta = restore_best(run)
     _, eval_fn = make_step_fns(run.exp)
@@ -332,7 +440,8 @@ def _generate(config, exp: Experiment, params: dict, tokenizer, inputs: list[Exa
         sources = [pipeline.encode_seq2seq_side(tokenizer, e.source, room)[0] for e in inputs]
     else:
         start_tokens, room = (), config.model.max_len - c.max_new_tokens
-        sources = [pipeline.encode_source(tokenizer, example.source)[-room:] for example in inputs]
+        sources = pipeline.encode_prompts(tokenizer, inputs, max_len=config.model.max_len,
+                                          max_new_tokens=c.max_new_tokens, split=c.split)
     # Batches of similar source lengths: less padding, and rows that tend to finish together.
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     generations = [None] * len(sources)
@@ -340,7 +449,7 @@ def _generate(config, exp: Experiment, params: dict, tokenizer, inputs: list[Exa
         members = order[start : start + c.batch_size]
         chunk = [sources[i] for i in members]
         chunk += [chunk[0]] * (c.batch_size - len(chunk))  # One batch shape for every chunk.
-        width = min(pipeline.bucket_width(max(map(len, chunk)), config.data.bucket_size), room)
+        width = pipeline.bucket_width(max(map(len, chunk)), config.data.bucket_size, room)
         tokens, mask = decode_lib.pad_rows(chunk, width, left=not start_tokens)
         new = decode_lib.generate(params["base"], served, tokens, mask, model=exp.model, options=options, eos_id=eos,
                                   rng=jax.random.fold_in(jax.random.key(c.seed), start), start_tokens=start_tokens)
@@ -372,7 +481,8 @@ def decode(config: ml_collections.ConfigDict, workdir: str) -> dict:
     Single-process only.
     """
     c = config.decode
-    run = setup(config, workdir, train_data=False, dev_data=False)  # Decoding reads inputs whole.
+    require_trained(workdir)
+    run = setup(config, workdir, train_data=False, dev_data=False, decoding=True)  # Decoding reads inputs whole.
     params, meta = restore_best(run)
     tokenizer = tokenizer_lib.load(config.data.tokenizer)
     inputs = distinct_inputs(config.data, c.split)

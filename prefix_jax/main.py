@@ -7,15 +7,22 @@ Kept thin on purpose: flags in, library call out (tests call the same functions)
 --out=DIR` writes the best checkpoint's prefix as a PEFT adapter; `import
 --adapter=DIR` makes a PEFT adapter the best checkpoint of a new workdir; `export_base
 --out=DIR` ships a full-training run as a base-model directory (pretrain.py).
+
+Bad input (a flag, a config value, a data file, a checkpoint: `errors.UserError`) ends
+the process with its one-line message and exit status 1, and a preempted run
+(SIGTERM/SIGINT) with its one line and 128 + the signal number; anything else is a bug
+and keeps its traceback.
 """
 
+import ast
 import json
 import logging as std_logging
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from prefix_jax import interop, loop, pretrain, sharding
+from prefix_jax import errors, interop, loop, preemption, pretrain, sharding
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard events and summaries go here.")
@@ -58,8 +65,29 @@ def main(argv):
     logging.get_absl_handler().addFilter(
         lambda record: record.levelno > std_logging.INFO or "orbax" not in record.pathname
     )
-    print(json.dumps(COMMANDS[command](_CONFIG.value, _WORKDIR.value), indent=2))
+    try:
+        result = COMMANDS[command](_CONFIG.value, _WORKDIR.value)
+    except errors.UserError as error:
+        sys.exit(f"Error: {error}")
+    except preemption.Preempted as stop:
+        logging.warning("%s", stop)
+        sys.exit(128 + stop.signum)
+    print(json.dumps(result, indent=2))
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, with a mistyped --config.x=y or a config file that raises reported in
+    one line (ml_collections raises from inside flag parsing, three chained tracebacks deep)."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        sys.exit(f"Error: {error}\nPass --help for the flags.")
+    except Exception as error:  # Raised by the config file or ml_collections' override parsing.
+        message = str(error)
+        if message[:1] in "'\"" and message[-1:] == message[:1]:  # KeyError/AttributeError quote it.
+            message = ast.literal_eval(message)
+        sys.exit(f"Error in --config or its overrides: {type(error).__name__}: {' '.join(message.split())}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

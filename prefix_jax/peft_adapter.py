@@ -25,6 +25,7 @@ import numpy as np
 
 from prefix_jax import errors
 from prefix_jax import prefix as prefix_lib
+from prefix_jax.data import records
 
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
@@ -109,8 +110,9 @@ def _read(adapter_dir: str, expected: dict) -> tuple[dict, np.ndarray]:
     for file in files:
         if not os.path.isfile(file):
             raise AdapterFormatError(f"{file} does not exist; give a directory written by PeftModel.save_pretrained.")
-    with open(files[0]) as f:
-        config = json.load(f)
+    config = records.read_json_object(
+        files[0], AdapterFormatError, "give a directory written by PeftModel.save_pretrained, or copy it again"
+    )
     if config.get("peft_type") != "PREFIX_TUNING":
         raise AdapterFormatError(f"{adapter_dir}: peft_type is {config.get('peft_type')!r}, not 'PREFIX_TUNING'.")
     problems = [f"{k}={config.get(k)!r} (the model needs {v})" for k, v in expected.items() if config.get(k) != v]

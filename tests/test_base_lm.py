@@ -62,6 +62,10 @@ def test_weights_directories_refuse_another_model_and_corruption(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(weights.WeightsError, match="SHA-256"):
         weights.load(str(tmp_path), model)
+    config = tmp_path / weights.CONFIG
+    config.write_text(config.read_text()[:20])
+    with pytest.raises(weights.WeightsError, match=r"base_model\.json:\d+: malformed JSON .*; copy the directory"):
+        weights.load(str(tmp_path), model)
     path.unlink()
     with pytest.raises(weights.WeightsError, match="not found"):
         weights.load(str(tmp_path), model)

@@ -91,6 +91,9 @@ def test_bad_directories_fail_clearly(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**config, "activation_function": "relu"}))
     with pytest.raises(convert.CheckpointFormatError, match="activation_function='relu'"):
         convert.load(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps(config)[:30])
+    with pytest.raises(convert.CheckpointFormatError, match=r"config\.json:1: malformed JSON .*; download the"):
+        convert.load(str(tmp_path))
 
 
 def test_tokenizer_json_loads_from_the_checkpoint_directory(tmp_path):

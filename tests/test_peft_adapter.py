@@ -4,6 +4,7 @@ Needs the [parity] extra (torch CPU, transformers, peft, safetensors); skipped w
 """
 
 import json
+import lzma
 
 import jax
 import jax.numpy as jnp
@@ -126,4 +127,26 @@ def test_bad_adapters_fail_clearly(base, tmp_path):
     config_file = tmp_path / "adapter_config.json"
     config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "peft_type": "LORA"}))
     with pytest.raises(peft_adapter.AdapterFormatError, match="peft_type is 'LORA'"):
+        peft_adapter.load(str(tmp_path), model.config)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda data: data[: len(data) // 2], r":\d+: malformed JSON \(.+: column \d+\)"),
+        (lambda data: b"", r":1: malformed JSON \(Expecting value: column 1\)"),
+        (lambda data: b"[]", r":1: holds a JSON list, not an object"),
+        (lzma.compress, r":1: byte 0 \(0xfd\) is not UTF-8 text \(xz-compressed data\)"),
+    ],
+    ids=["truncated", "empty", "not-an-object", "compressed"],
+)
+def test_unreadable_adapter_config_names_the_file_and_the_fix(base, damage, message, tmp_path):
+    _, model, _ = base
+    spec = prefix_lib.PrefixSpec(kind="kv", length=N)
+    prefix_params = prefix_lib.init_random(spec, model.config.prefix_geometry, jax.random.key(0))
+    peft_adapter.save(str(tmp_path), spec, prefix_params, model)
+    config_file = tmp_path / "adapter_config.json"
+    config_file.write_bytes(damage(config_file.read_bytes()))
+    fix = "give a directory written by PeftModel.save_pretrained"
+    with pytest.raises(peft_adapter.AdapterFormatError, match=rf"adapter_config\.json{message}; {fix}"):
         peft_adapter.load(str(tmp_path), model.config)

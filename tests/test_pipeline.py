@@ -1,9 +1,13 @@
 """Tokenizer, the paper's sequence format, and batch order."""
 
+import logging
+
+import ml_collections
 import numpy as np
 import pytest
 
 from prefix_jax import loop
+from prefix_jax.errors import ConfigError
 from prefix_jax.data import pipeline, synthetic
 from prefix_jax.data import tokenizer as tokenizer_lib
 from prefix_jax.data.records import Example
@@ -50,6 +54,52 @@ def test_one_sequence_per_reference_and_long_ones_are_cut(byte_tokenizer):
     assert len(encoded) == 4
     assert [len(t) for t, _ in encoded] == [10, 10, 12, 20]
     assert all(len(t) == len(m) for t, m in encoded)
+
+
+def test_a_split_whose_targets_are_mostly_cut_off_is_refused(byte_tokenizer):
+    """max_len at or below most sources: most loss masks are empty, so the loss would read ~0."""
+    examples = [Example("s" * 40, ("t" * 10,)), Example("s" * 60, ("t" * 30, "t"))]  # Sources of 43 and 63 tokens.
+    with pytest.raises(ConfigError, match=r"^3 of 3 train sequences lose their whole target at model.max_len=32 "
+                       r"\(sources are 43 to 63 tokens\), so nothing would train; raise model.max_len to at least 64 "
+                       r"\(a target token in every sequence\) or 96 \(none cut\).$"):
+        pipeline.encode_pairs(examples, byte_tokenizer, 32, split="train")
+    config = ml_collections.ConfigDict({"name": "copy", "dev_path": "", "num_dev": 4})
+    with pytest.raises(ConfigError, match="^4 of 4 dev sequences lose their whole target at model.max_len=5 "):
+        pipeline.encode_split(config, "dev", byte_tokenizer, 5)
+
+
+def test_sequences_that_lose_their_target_are_counted(byte_tokenizer, caplog):
+    examples = [Example("s" * 40, ("t" * 10,)), Example("s", ("t" * 10, "t"))]
+    with caplog.at_level(logging.WARNING):
+        encoded = pipeline.encode_pairs(examples, byte_tokenizer, 32, split="train")
+    assert [m.sum() for _, m in encoded] == [0, 13, 4]
+    assert ("1 of 3 train sequences lose their whole target at model.max_len=32 and add nothing to the loss; "
+            "model.max_len=44 keeps a target token in every one.") in caplog.text
+    assert "1 of 3 train sequences were longer than 32 tokens and were cut." in caplog.text
+
+
+def test_batch_widths_never_exceed_the_cap(byte_tokenizer):
+    """A sequence cut to max_len=100 pads to 100, not to bucket_size's next multiple (128),
+    which the model would refuse as longer than its max_len."""
+    examples = [Example("s" * n, ("t" * 20,)) for n in range(10, 160, 5)]
+    sequences = pipeline.encode_pairs(examples, byte_tokenizer, 100)
+    batches = list(pipeline.Batches(sequences, 4, 64, seed=0, shuffle=False, max_width=100))
+    assert sorted({b["tokens"].shape[1] for b in batches}) == [64, 100]
+    assert pipeline.bucket_width(100, 64) == 128 and pipeline.bucket_width(100, 64, 100) == 100
+    with pytest.raises(ValueError, match="A sequence of 101 tokens exceeds the batch width cap 100"):
+        pipeline.bucket_width(101, 64, 100)
+
+
+def test_decode_sources_must_fit_beside_the_new_tokens(byte_tokenizer):
+    examples = [Example("s" * n, ("t",)) for n in (10, 29, 30, 40)]  # Sources of 13, 32, 33 and 43 tokens.
+    prompts = pipeline.encode_prompts(byte_tokenizer, examples, max_len=128, max_new_tokens=85, split="dev")
+    assert prompts == [pipeline.encode_source(byte_tokenizer, e.source) for e in examples]
+    with pytest.raises(ConfigError, match=r"^2 of 4 dev sources do not fit in the 32 tokens model.max_len=128 leaves "
+                       r"beside decode.max_new_tokens=96 \(the longest is 43 tokens\); raise model.max_len to at least "
+                       r"139, or lower decode.max_new_tokens to at most 85.$"):
+        pipeline.encode_prompts(byte_tokenizer, examples, max_len=128, max_new_tokens=96, split="dev")
+    with pytest.raises(ConfigError, match=r"the longest is 43 tokens\); raise model.max_len to at least 44.$"):
+        pipeline.encode_prompts(byte_tokenizer, examples, max_len=40, max_new_tokens=1, split="test")
 
 
 def _sequences(byte_tokenizer, num=100):

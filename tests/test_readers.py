@@ -8,14 +8,16 @@ with grep over the archive's XML, distinct MRs with sort -u over the E2E file.
 import functools
 import gzip
 import json
+import lzma
 import os
+import pathlib
 import re
 import tarfile
 
 import pytest
 
-from prefix_jax.data import dart, e2e, webnlg
-from prefix_jax.data.records import DataError, Example
+from prefix_jax.data import dart, e2e, webnlg, xsum
+from prefix_jax.data.records import DataError, Example, MissingDataError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WEBNLG = os.path.join(ROOT, "data", "webnlg2017_train_dev.tar.xz")
@@ -283,7 +285,100 @@ def test_dart_malformed_json_names_its_line(tmp_path):
         dart.read(str(path))
 
 
-@pytest.mark.parametrize("read", [lambda p: webnlg.read(p, "train"), e2e.read, dart.read])
-def test_missing_file_says_what_to_pass(tmp_path, read):
-    with pytest.raises(FileNotFoundError, match="does not exist; pass"):
-        read(str(tmp_path / "missing"))
+# Paths that are not what the reader needs: missing, or a directory for a file (or the reverse).
+
+@pytest.mark.parametrize(
+    "read, make, message",
+    [
+        (lambda p: webnlg.read(p, "train"), None, r"WebNLG path '.*data' does not exist; pass the release archive"),
+        (e2e.read, None, r"E2E file '.*data' does not exist; pass a `mr\|\|reference` text file"),
+        (e2e.read, pathlib.Path.mkdir, r"E2E file '.*data' is a directory; pass a `mr\|\|reference` text file"),
+        (dart.read, None, r"DART file '.*data' does not exist; pass a DART json file"),
+        (dart.read, pathlib.Path.mkdir, r"DART file '.*data' is a directory; pass a DART json file"),
+        (lambda p: xsum.read(p, "dev"), None, r"XSUM files \[.*val\.source', .*\] do not exist; give data\.\*_path"),
+        (lambda p: xsum.read(p, "dev"), pathlib.Path.touch, r"XSUM path '.*data' is a file, not a directory; give"),
+    ],
+    ids=["webnlg-missing", "e2e-missing", "e2e-directory", "dart-missing", "dart-directory", "xsum-missing",
+         "xsum-file"],
+)
+def test_missing_path_or_wrong_kind_says_what_to_pass(tmp_path, read, make, message):
+    path = tmp_path / "data"
+    if make:
+        make(path)
+    with pytest.raises(MissingDataError, match=message):  # A DataError and a FileNotFoundError.
+        read(str(path))
+
+
+# Files that are not what their name says: cut short, corrupt, compressed, not UTF-8.
+
+def _cut(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+def _flip(data: bytes) -> bytes:
+    middle = len(data) // 2
+    return data[:middle] + bytes([data[middle] ^ 0x55]) + data[middle + 1:]
+
+
+@pytest.mark.parametrize(
+    "source, name, damage, read",
+    [
+        (WEBNLG, "webnlg2017.tar.xz", _cut, lambda p: webnlg.read(p, "train")),
+        (WEBNLG, "webnlg2017.tar.xz", _flip, lambda p: webnlg.read(p, "dev")),
+        (E2E_DEV, "valid.txt.xz", _cut, e2e.read),
+        (E2E_DEV, "valid.txt.gz", lambda data: _cut(gzip.compress(lzma.decompress(data))), e2e.read),
+    ],
+    ids=["webnlg-truncated", "webnlg-corrupt", "e2e-xz-truncated", "e2e-gz-truncated"],
+)
+def test_truncated_or_corrupt_compressed_file_is_named(tmp_path, source, name, damage, read):
+    path = tmp_path / name
+    with open(source, "rb") as f:
+        path.write_bytes(damage(f.read()))
+    message = rf"^{re.escape(str(path))}: the file is truncated or corrupt \(.+\); download or copy it again$"
+    with pytest.raises(DataError, match=message):
+        read(str(path))
+
+
+_E2E_LINE = b"name : A||A .\n"
+
+
+@pytest.mark.parametrize(
+    "files, read, message",
+    [
+        (
+            {"valid.txt": lzma.compress(_E2E_LINE)}, lambda d: e2e.read(f"{d}/valid.txt"),
+            r"valid\.txt:1: byte 0 \(0xfd\) is not UTF-8 text \(xz-compressed data\); "
+            r"if it is compressed, name it \.xz or \.gz",
+        ),
+        (
+            # Past the first buffer the codec decodes: the offset still counts from the file's start.
+            {"valid.txt": 10_000 * _E2E_LINE + "name : Café||Café .\n".encode("latin-1")},
+            lambda d: e2e.read(f"{d}/valid.txt"),
+            r"valid\.txt:10001: byte 140010 \(0xe9\) is not UTF-8 text; .*otherwise re-encode it as UTF-8",
+        ),
+        (
+            {"devset.csv": gzip.compress(b"mr,ref\nname[A],A .\n")}, lambda d: e2e.read(f"{d}/devset.csv"),
+            r"devset\.csv:1: byte 1 \(0x8b\) is not UTF-8 text \(gzip-compressed data\)",
+        ),
+        (
+            {"dart.json": gzip.compress(b"[]")}, lambda d: dart.read(f"{d}/dart.json"),
+            r"dart\.json:1: byte 1 \(0x8b\) is not UTF-8 text \(gzip-compressed data\); "
+            r"if it is compressed, decompress it",
+        ),
+        (
+            {"val.source": b"one\ntwo\n", "val.target": b"1\n\xff2\n"}, lambda d: xsum.read(d, "dev"),
+            r"val\.target:2: byte 2 \(0xff\) is not UTF-8 text",
+        ),
+        (
+            {"webnlg2017/dev/1triples/bad.xml": lzma.compress(_xml().encode())}, lambda d: webnlg.read(d, "dev"),
+            r"bad\.xml: holds xz-compressed data, not XML; decompress it",
+        ),
+    ],
+    ids=["e2e-xz-as-txt", "e2e-latin-1", "e2e-gzip-as-csv", "dart-gzip", "xsum-bad-byte", "webnlg-xz-as-xml"],
+)
+def test_compressed_or_non_utf8_text_names_file_line_and_byte(tmp_path, files, read, message):
+    for name, data in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    with pytest.raises(DataError, match=message):
+        read(str(tmp_path))

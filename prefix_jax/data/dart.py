@@ -15,10 +15,10 @@ with `JSONDecoder.raw_decode`, which gives each entry's offset: errors name `ent
 """
 
 import json
-import os
 import re
 from typing import Iterator
 
+from prefix_jax.data import records
 from prefix_jax.data.records import DataError, Example, data_error
 
 _SPACE = re.compile(r"[ \t\n\r]*")
@@ -30,12 +30,8 @@ class _Bad(Exception):
 
 def read(path: str) -> list[Example]:
     """One Example per entry of a DART json file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"DART file {path!r} does not exist; "
-            "pass a DART json file such as dart-v1.1.1-full-train.json"
-        )
-    with open(path, encoding="utf-8") as f:
+    records.require_file(path, "DART file", "a DART json file such as dart-v1.1.1-full-train.json")
+    with records.reading(path), open(path, encoding="utf-8") as f:
         text = f.read()
     examples = []
     for index, line, entry in _entries(path, text):

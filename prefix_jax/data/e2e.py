@@ -27,6 +27,7 @@ import os
 import re
 from typing import IO, Iterator
 
+from prefix_jax.data import records
 from prefix_jax.data.records import Example, data_error
 
 _OPENERS = {".xz": lzma.open, ".gz": gzip.open}
@@ -41,15 +42,15 @@ _SPLIT_OFF = re.compile(r"([£-])")
 
 def read(path: str) -> list[Example]:
     """One Example per distinct MR, with all its references in file order."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"E2E file {path!r} does not exist; pass a `mr||reference` text file (.txt, .txt.xz, "
-            "or .txt.gz, e.g. data/e2e_original_valid.txt.xz) or the official CSV with references"
-        )
+    records.require_file(
+        path, "E2E file", "a `mr||reference` text file (.txt, .txt.xz, or .txt.gz, "
+        "e.g. data/e2e_original_valid.txt.xz) or the official CSV with references",
+    )
     is_csv = _is_csv(path)
     references: dict[str, list[str]] = {}
     opener = _OPENERS.get(os.path.splitext(path)[1], open)
-    with opener(path, "rt", encoding="utf-8-sig", newline="") as f:
+    not_utf8 = "if it is compressed, name it .xz or .gz (or decompress it); otherwise re-encode it as UTF-8"
+    with records.reading(path, opener, not_utf8), opener(path, "rt", encoding="utf-8-sig", newline="") as f:
         for line, mr, reference in _csv_rows(path, f) if is_csv else _text_pairs(path, f):
             mr, reference = _non_empty(path, line, mr, reference)
             source = _linearise(path, line, mr) if is_csv else mr

@@ -19,16 +19,16 @@ uninterrupted run would have seen.
 """
 
 import math
-import os
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 from absl import logging
 from tokenizers import Tokenizer
 
-from prefix_jax.data import sources
+from prefix_jax.data import records, sources
 from prefix_jax.data import tokenizer as tokenizer_lib
 from prefix_jax.data.records import Example
+from prefix_jax.errors import ConfigError
 
 Encoded = tuple[np.ndarray, np.ndarray]  # tokens [len] int32, loss_mask [len] float32
 # Encoder-decoder: source tokens [m_enc], decoder input [m_dec], labels [m_dec] (int32).
@@ -45,6 +45,25 @@ def encode_source(tokenizer: Tokenizer, source: str) -> list[int]:
     return _segment(tokenizer, source)
 
 
+def encode_prompts(tokenizer: Tokenizer, examples: Sequence[Example], *, max_len: int, max_new_tokens: int,
+                   split: str) -> list[list[int]]:
+    """Every example's `encode_source`, for decoding `max_new_tokens` after it within `max_len`.
+
+    A source that does not fit is refused, not cut: a cut source is another input, and
+    its generation would be scored against the references of the whole one.
+    """
+    prompts = [encode_source(tokenizer, example.source) for example in examples]
+    room, longest = max_len - max_new_tokens, max(map(len, prompts), default=0)
+    if longest > room:
+        lower = f", or lower decode.max_new_tokens to at most {max_len - longest}" if longest < max_len else ""
+        raise ConfigError(
+            f"{sum(len(p) > room for p in prompts)} of {len(prompts)} {split} sources do not fit in the {room} tokens "
+            f"model.max_len={max_len} leaves beside decode.max_new_tokens={max_new_tokens} (the longest is {longest} "
+            f"tokens); raise model.max_len to at least {longest + max_new_tokens}{lower}."
+        )
+    return prompts
+
+
 def encode(tokenizer: Tokenizer, source: str, target: str) -> Encoded:
     source_ids, target_ids = encode_source(tokenizer, source), _segment(tokenizer, target)
     tokens = np.array(source_ids + target_ids, np.int32)
@@ -52,17 +71,32 @@ def encode(tokenizer: Tokenizer, source: str, target: str) -> Encoded:
     return tokens, loss_mask.astype(np.float32)
 
 
-def encode_pairs(examples: Sequence[Example], tokenizer: Tokenizer, max_len: int) -> list[Encoded]:
-    """One sequence per (input, reference); sequences over `max_len` are cut (and counted)."""
-    encoded, cut = [], 0
-    for example in examples:
-        for reference in example.references:
-            tokens, loss_mask = encode(tokenizer, example.source, reference)
-            cut += len(tokens) > max_len
-            encoded.append((tokens[:max_len], loss_mask[:max_len]))
-    if cut:
-        logging.warning("%d of %d sequences were longer than %d tokens and were cut.", cut, len(encoded), max_len)
-    return encoded
+def encode_pairs(examples: Sequence[Example], tokenizer: Tokenizer, max_len: int, *, split: str = "") -> list[Encoded]:
+    """One sequence per (input, reference), cut to `max_len` tokens.
+
+    A sequence cut inside its source keeps no target token and adds nothing to the loss:
+    such sequences are counted in a warning, and refused when they are most of the split
+    (the run would train on next to nothing and report a loss near 0).
+    """
+    encoded = [encode(tokenizer, e.source, reference) for e in examples for reference in e.references]
+    lengths = np.array([len(tokens) for tokens, _ in encoded])
+    source_lengths = np.array([len(mask) - int(mask.sum()) for _, mask in encoded])
+    lost, cut, what = source_lengths >= max_len, lengths > max_len, f"{split} sequence".lstrip()
+    if encoded and lost.mean() > 0.5:
+        raise ConfigError(
+            f"{lost.sum()} of {len(encoded)} {what}s lose their whole target at model.max_len={max_len} (sources are "
+            f"{source_lengths.min()} to {source_lengths.max()} tokens), so nothing would train; raise model.max_len "
+            f"to at least {source_lengths.max() + 1} (a target token in every sequence) or {lengths.max()} (none cut)."
+        )
+    if lost.any():
+        logging.warning(
+            "%d of %d %ss lose their whole target at model.max_len=%d and add nothing to the loss; "
+            "model.max_len=%d keeps a target token in every one.",
+            lost.sum(), len(encoded), what, max_len, source_lengths.max() + 1,
+        )
+    if cut.any():
+        logging.warning("%d of %d %ss were longer than %d tokens and were cut.", cut.sum(), len(encoded), what, max_len)
+    return [(tokens[:max_len], loss_mask[:max_len]) for tokens, loss_mask in encoded]
 
 
 def encode_text(path: str, tokenizer: Tokenizer, block_len: int) -> list[Encoded]:
@@ -71,9 +105,11 @@ def encode_text(path: str, tokenizer: Tokenizer, block_len: int) -> list[Encoded
     Documents are joined, each closed by `<|endoftext|>`, and the stream is cut
     into consecutive blocks (the last partial one dropped).
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Corpus file {path!r} does not exist (build it with python -m prefix_jax.data.corpus).")
-    with open(path, encoding="utf-8") as f:
+    records.require_file(
+        path, "Corpus file", "a text file of documents separated by <|endoftext|> lines "
+        "(build one with python -m prefix_jax.data.corpus)",
+    )
+    with records.reading(path), open(path, encoding="utf-8") as f:
         documents = f.read().split(f"\n{tokenizer_lib.EOS}\n")
     eos = tokenizer_lib.eos_id(tokenizer)
     stream = np.fromiter(
@@ -89,7 +125,7 @@ def encode_text(path: str, tokenizer: Tokenizer, block_len: int) -> list[Encoded
 def encode_split(data_config, split: str, tokenizer: Tokenizer, max_len: int) -> list[Encoded]:
     """The encoded sequences of a split: corpus blocks or (input, reference) pairs."""
     if data_config.name != "text":
-        return encode_pairs(sources.read(data_config, split), tokenizer, max_len)
+        return encode_pairs(sources.read(data_config, split), tokenizer, max_len, split=split)
     if data_config.block_len > max_len:
         raise ValueError(f"data.block_len ({data_config.block_len}) exceeds model.max_len ({max_len}).")
     path, limit = sources.path_and_limit(data_config, split)
@@ -131,9 +167,13 @@ def encode_seq2seq(examples: Sequence[Example], tokenizer: Tokenizer, max_source
     return encoded
 
 
-def bucket_width(length: int, bucket_size: int) -> int:
-    """`length` rounded up to a multiple of `bucket_size`: few distinct shapes to compile."""
-    return bucket_size * math.ceil(length / bucket_size)
+def bucket_width(length: int, bucket_size: int, max_width: Optional[int] = None) -> int:
+    """`length` rounded up to a multiple of `bucket_size` (few distinct shapes to compile),
+    but at most `max_width`: a sequence cut to the model's max_len pads to max_len, not past it."""
+    if max_width is not None and length > max_width:
+        raise ValueError(f"A sequence of {length} tokens exceeds the batch width cap {max_width}.")
+    width = bucket_size * math.ceil(length / bucket_size)
+    return width if max_width is None else min(width, max_width)
 
 
 def pad_lm(rows: Sequence[Encoded], batch_size: int, width: int) -> dict:
@@ -218,7 +258,8 @@ def seq2seq_padder(decoder_width: int, pad_id: int = 0) -> Callable[[Sequence[Se
 class Batches:
     """Fixed-size batches of encoded sequences, each padded to its length bucket.
 
-    Sequences are grouped by length bucket (multiples of `bucket_size`) of their first
+    Sequences are grouped by length bucket (multiples of `bucket_size`, capped at
+    `max_width`: the model's max_len, or an encoder's max_source_len) of their first
     field (the tokens, or an encoder-decoder's source), so few shapes get compiled and
     little is padding. `pad` turns a bucket's rows into the batch dict (`pad_lm`, or
     `seq2seq_padder(...)` for encoder-decoder rows). With `pack_width` > 0 (decoder-only),
@@ -230,7 +271,8 @@ class Batches:
     """
 
     def __init__(self, sequences: Sequence[Encoded | Seq2SeqEncoded], batch_size: int, bucket_size: int, *,
-                 seed: int, shuffle: bool, pad: Callable[[Sequence, int, int], dict] = pad_lm, pack_width: int = 0):
+                 seed: int, shuffle: bool, pad: Callable[[Sequence, int, int], dict] = pad_lm, pack_width: int = 0,
+                 max_width: Optional[int] = None):
         if not sequences:
             raise ValueError("No sequences to batch; check the data paths and example limits.")
         self.batch_size, self.seed, self.shuffle, self.pad = batch_size, seed, shuffle, pad
@@ -240,7 +282,7 @@ class Batches:
             self.buckets, self.pad = {pack_width: np.arange(len(rows))}, pack_lm
         else:
             self.rows = sequences
-            widths = [bucket_width(len(sequence[0]), bucket_size) for sequence in sequences]
+            widths = [bucket_width(len(sequence[0]), bucket_size, max_width) for sequence in sequences]
             self.buckets = {w: np.flatnonzero(np.array(widths) == w) for w in sorted(set(widths))}
         count = lambda n: n // batch_size if shuffle else math.ceil(n / batch_size)
         self.batches_per_epoch = sum(count(len(members)) for members in self.buckets.values())

@@ -31,7 +31,8 @@ import tarfile
 import xml.etree.ElementTree as ET
 from xml.parsers import expat
 
-from prefix_jax.data.records import Example, data_error
+from prefix_jax.data import records
+from prefix_jax.data.records import DataError, Example, MissingDataError, data_error
 
 SEEN_CATEGORIES = frozenset({
     "Airport", "Astronaut", "Building", "City", "ComicsCharacter",
@@ -61,17 +62,17 @@ def _xml_files(path: str, split: str) -> list[tuple[str, bytes]]:
     elif os.path.isfile(path):
         files, splits = _archive_files(path, split)
     else:
-        raise FileNotFoundError(
+        raise MissingDataError(
             f"WebNLG path {path!r} does not exist; pass the release archive "
             f"(e.g. data/webnlg2017_train_dev.tar.xz) or a directory holding {_LAYOUT}"
         )
     if not splits:
-        raise ValueError(
+        raise DataError(
             f"WebNLG path {path!r} holds no {_LAYOUT}; pass the release archive "
             "(e.g. data/webnlg2017_train_dev.tar.xz) or a directory with that layout"
         )
     if not files:
-        raise ValueError(
+        raise DataError(
             f"WebNLG split {split!r} is not in {path}; it holds: {', '.join(sorted(splits))}. "
             f"Pass one of those splits or data that has {_TOP}/{split}/*.xml"
         )
@@ -81,22 +82,29 @@ def _xml_files(path: str, split: str) -> list[tuple[str, bytes]]:
 def _archive_files(path: str, split: str) -> tuple[list[tuple[str, bytes]], set[str]]:
     """One streaming pass: a compressed tar cannot seek back cheaply to read members."""
     files, splits = [], set()
-    try:
-        archive = tarfile.open(path, "r|*")
-    except tarfile.ReadError as error:
-        raise ValueError(
-            f"WebNLG path {path!r} is not a tar archive ({error}); pass the release archive "
-            f"(e.g. data/webnlg2017_train_dev.tar.xz) or a directory holding {_LAYOUT}"
-        ) from None
-    with archive:
-        for member in archive:
-            parts = member.name.split("/")
-            is_xml = member.isfile() and member.name.endswith(".xml")
-            if not is_xml or parts[0] != _TOP or len(parts) < 3:
-                continue
-            splits.add(parts[1])
-            if parts[1] == split:
-                files.append((f"{path}[{member.name}]", archive.extractfile(member).read()))
+    with open(path, "rb") as f:
+        kind = records.compression(f.read(6))
+    # Decompressed here, not by tarfile: lzma and gzip raise on a file cut short, where
+    # tarfile's own stream would end the archive early, without a word, at a cut in a header.
+    with records.reading(path), (kind[1] if kind else open)(path, "rb") as stream:
+        try:
+            archive = tarfile.open(fileobj=stream, mode="r|")
+        except tarfile.ReadError as error:
+            raise DataError(
+                f"WebNLG path {path!r} is not a tar archive ({error}); pass the release archive "
+                f"(e.g. data/webnlg2017_train_dev.tar.xz) or a directory holding {_LAYOUT}"
+            ) from None
+        with archive:
+            for member in archive:
+                parts = member.name.split("/")
+                is_xml = member.isfile() and member.name.endswith(".xml")
+                if not is_xml or parts[0] != _TOP or len(parts) < 3:
+                    continue
+                splits.add(parts[1])
+                if parts[1] == split:
+                    files.append((f"{path}[{member.name}]", archive.extractfile(member).read()))
+        while stream.read(1 << 20):  # To the end: only there is a compressed stream's checksum tested.
+            pass
     return files, splits
 
 
@@ -122,6 +130,8 @@ def _examples(name: str, data: bytes, only_good: bool) -> list[Example]:
 
 def _parse(name: str, data: bytes) -> tuple[ET.Element, dict[ET.Element, int]]:
     """The element tree and the line each element starts on."""
+    if kind := records.compression(data):
+        raise data_error(name, None, f"holds {kind[0]}-compressed data, not XML", "decompress it")
     builder, parser, lines = ET.TreeBuilder(), expat.ParserCreate(), {}
 
     def start(tag: str, attributes: dict[str, str]) -> None:

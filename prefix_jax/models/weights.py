@@ -19,6 +19,7 @@ from safetensors import numpy as safetensors_numpy
 
 from prefix_jax import errors
 from prefix_jax.checkpoint import flat_paths, weights_digest
+from prefix_jax.data import records
 
 CONFIG, WEIGHTS = "base_model.json", "base_model.safetensors"
 STORAGE_DTYPE = np.float16
@@ -57,8 +58,9 @@ def load(directory: str, model_config: dict) -> dict:
     paths = [os.path.join(directory, name) for name in (CONFIG, WEIGHTS)]
     if missing := [p for p in paths if not os.path.isfile(p)]:
         raise WeightsError(f"Base weights incomplete: {missing} not found.")
-    with open(paths[0]) as f:
-        meta = json.load(f)
+    meta = records.read_json_object(
+        paths[0], WeightsError, "copy the directory again, or write it again with `prefix_jax.main export_base`"
+    )
     stored = architecture(meta["model"])
     if diff := {k: (v, model_config.get(k)) for k, v in stored.items() if model_config.get(k) != v}:
         raise WeightsError(

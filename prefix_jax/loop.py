@@ -95,29 +95,26 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, train_data: bool =
 
 
 def _check_packing(config: ml_collections.ConfigDict) -> None:
-    """Packed rows (data.pack_width > 0) need what their attention mask can express."""
+    """Packed rows (data.pack_width > 0) need what their attention mask can express (its range
+    is checked with the others, validation.py)."""
     width, kind = config.data.pack_width, config.prefix.kind
     if width == 0:
         return
     problem = (
-        "a negative width" if width < 0
-        else "a width over model.max_len" if width > config.model.max_len
-        else "an encoder-decoder" if families.get(config.model.family).encoder_decoder
+        "an encoder-decoder" if families.get(config.model.family).encoder_decoder
         else f"prefix.kind={kind!r}" if kind in ("prompt", "infix") or (kind == "hidden" and config.prefix.literal)
         else None
     )
     if problem:
-        raise ValueError(
+        raise errors.ConfigError(
             f"data.pack_width={width} cannot be used with {problem}; set data.pack_width=0 (length buckets) "
-            f"or use 0 < width <= max_len, a decoder-only model, and a kv/hidden prefix."
+            f"or use a decoder-only model and a kv/hidden prefix."
         )
 
 
 def _spread(sequences: list, count: int) -> list:
     """`count` sequences evenly spaced through `sequences` (all when count is 0): a dev loss
     that samples every category without paying for the whole split at every evaluation."""
-    if count < 0:
-        raise ValueError(f"train.eval_sequences is {count}; use 0 (all dev sequences) or a positive count.")
     if count == 0 or count >= len(sequences):
         return sequences
     return [sequences[i] for i in np.linspace(0, len(sequences) - 1, count).round().astype(int)]

@@ -16,6 +16,7 @@ import optax
 from flax import struct
 
 from prefix_jax import convert, sharding, trainable
+from prefix_jax.errors import ConfigError
 from prefix_jax import prefix as prefix_lib
 from prefix_jax.models import adapters, families
 
@@ -149,15 +150,15 @@ def model_config(config: ml_collections.ConfigDict):
     known = set(family.fields)
     required = {f.name for f in dataclasses.fields(family.config_class) if f.default is dataclasses.MISSING}
     if wrong := sorted(set(fields) - known):
-        raise ValueError(
+        raise ConfigError(
             f"config.model has fields {wrong} that a {family.name} model does not take (it takes {sorted(known)}); "
             f"start the model section from experiments/common.py's {family.name} fields."
         )
     if missing := sorted(required - set(fields)):
-        raise ValueError(f"config.model lacks {missing}, which a {family.name} model needs.")
+        raise ConfigError(f"config.model lacks {missing}, which a {family.name} model needs.")
     if "dtype" in fields:
         if fields["dtype"] not in DTYPES:
-            raise ValueError(f"Unknown model.dtype {fields['dtype']!r}; expected one of {DTYPES}.")
+            raise ConfigError(f"Unknown model.dtype {fields['dtype']!r}; expected one of {DTYPES}.")
         fields["dtype"] = getattr(jnp, fields["dtype"])
     return family.config_class(**fields)
 
@@ -168,7 +169,7 @@ def prefix_spec(config: ml_collections.ConfigDict) -> Optional[prefix_lib.Prefix
     if c.kind == "none":
         return None
     if c.kind not in prefix_lib.KINDS:
-        raise ValueError(
+        raise ConfigError(
             f"Unknown prefix kind {c.kind!r}; expected one of {prefix_lib.KINDS + ('none',)}."
         )
     return prefix_lib.PrefixSpec(
@@ -181,7 +182,7 @@ def init_prefix(config, spec, model, base_params, rng) -> dict:
         return prefix_lib.init_random(spec, model.config.prefix_geometry, rng)
     if config.prefix.init == "words":
         return prefix_lib.init_from_tokens(spec, model, base_params, config.prefix.init_tokens)
-    raise ValueError(
+    raise ConfigError(
         f"Unknown prefix.init {config.prefix.init!r}; expected one of {prefix_lib.INITS}."
     )
 
@@ -191,10 +192,10 @@ def top_layers(family: families.Family, model_config, train_config) -> list:
     if train_config.mode != "top_k":
         return []
     if family.top_layers is None:
-        raise ValueError(f"A {family.name} model trains in mode 'prefix' or 'full'; it offers no train.mode='top_k'.")
+        raise ConfigError(f"A {family.name} model trains in mode 'prefix' or 'full'; it offers no train.mode='top_k'.")
     num_layers = model_config.num_layers
     if not 1 <= train_config.top_k <= num_layers:
-        raise ValueError(f"top_k must be in [1, {num_layers}] for mode='top_k', got {train_config.top_k}.")
+        raise ConfigError(f"top_k must be in [1, {num_layers}] for mode='top_k', got {train_config.top_k}.")
     return family.top_layers(model_config, train_config.top_k)
 
 
@@ -208,7 +209,7 @@ def create(config: ml_collections.ConfigDict, base_params: Optional[dict] = None
     them. The mesh defaults to the first device alone.
     """
     if config.train.loss_per not in LOSS_PER:
-        raise ValueError(f"Unknown train.loss_per {config.train.loss_per!r}; expected one of {LOSS_PER}.")
+        raise ConfigError(f"Unknown train.loss_per {config.train.loss_per!r}; expected one of {LOSS_PER}.")
     mesh = mesh or sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
     replicated = sharding.replicated(mesh)
     family = families.get(config.model.family)

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import optax
 from flax import traverse_util
 
+from prefix_jax.errors import ConfigError
 from prefix_jax.models import adapters
 
 TRAINABLE, FROZEN = "trainable", "frozen"
@@ -39,20 +40,20 @@ def label_params(params: dict, mode: str, *, top_layers: Sequence[str] = ()) -> 
     """A tree shaped like `params` whose leaves are TRAINABLE or FROZEN; mode 'top_k' trains
     the base's subtrees named in `top_layers` (the family names its last k layers)."""
     if mode not in MODES:
-        raise ValueError(f"Unknown training mode {mode!r}; expected one of {MODES}.")
+        raise ConfigError(f"Unknown training mode {mode!r}; expected one of {MODES}.")
     flat = traverse_util.flatten_dict(params)
     has_prefix = any(path[0] == "prefix" for path in flat)
     has_adapters = any(_is_adapter(path) for path in flat)
     if mode == "prefix" and not has_prefix:
-        raise ValueError("mode='prefix' needs a prefix; set prefix.kind and prefix.length > 0.")
+        raise ConfigError("mode='prefix' needs a prefix; set prefix.kind and prefix.length > 0.")
     if mode != "prefix" and has_prefix:
-        raise ValueError(f"mode={mode!r} trains base weights only; remove the prefix (kind='none').")
+        raise ConfigError(f"mode={mode!r} trains base weights only; remove the prefix (kind='none').")
     if mode == "adapter" and not has_adapters:
-        raise ValueError("mode='adapter' needs adapters; set model.adapter_dim > 0.")
+        raise ConfigError("mode='adapter' needs adapters; set model.adapter_dim > 0.")
     if mode != "adapter" and has_adapters:
-        raise ValueError(f"The model has adapters (model.adapter_dim > 0) but mode={mode!r}; use mode='adapter' or adapter_dim=0.")
+        raise ConfigError(f"The model has adapters (model.adapter_dim > 0) but mode={mode!r}; use mode='adapter' or adapter_dim=0.")
     if mode == "top_k" and not top_layers:
-        raise ValueError("mode='top_k' needs the names of the layers to train.")
+        raise ConfigError("mode='top_k' needs the names of the layers to train.")
     top_layers = set(top_layers)
 
     def label(path: tuple) -> str:

@@ -65,7 +65,6 @@ def test_packed_rows_give_the_padded_loss_and_gradients(module, kind, prefix, pe
 @pytest.mark.parametrize("change,named", [
     ({"prefix.kind": "prompt"}, "prefix.kind='prompt'"),
     ({"prefix.kind": "infix"}, "prefix.kind='infix'"),
-    ({"data.pack_width": 65}, "a width over model.max_len"),
 ])
 def test_packing_refuses_what_its_mask_cannot_express(change, named):
     config = _config(tiny, "kv")

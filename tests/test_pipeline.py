@@ -154,5 +154,3 @@ def test_dev_loss_sequences_are_spread_over_the_split():
     sequences = list(range(100))
     assert loop._spread(sequences, 5) == [0, 25, 50, 74, 99]
     assert loop._spread(sequences, 0) == loop._spread(sequences, 200) == sequences
-    with pytest.raises(ValueError, match="train.eval_sequences is -1"):
-        loop._spread(sequences, -1)

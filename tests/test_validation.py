@@ -5,7 +5,7 @@ import pytest
 from experiments import (dart_gpt2_medium, e2e_gpt2_medium, methods, pretrain_base_lm, tiny, tiny_llama,
                          webnlg_gpt2_medium, webnlg_small, webnlg_small_row, webnlg_smollm2, xsum_bart_large,
                          xsum_tiny)
-from prefix_jax import errors, loop, validation
+from prefix_jax import checkpoint, errors, loop, validation
 
 SHIPPED = [
     tiny.get_config(), tiny_llama.get_config(), webnlg_small.get_config(), webnlg_smollm2.get_config(),
@@ -39,6 +39,8 @@ def _tiny(**overrides):
         ({"data.num_train": -5}, "data.num_train is -5; it must be an integer >= 0"),
         ({"train.num_steps": 0}, "train.num_steps is 0; it must be an integer >= 1"),
         ({"train.eval_every": 0}, "train.eval_every is 0"),
+        ({"train.eval_sequences": -1}, "train.eval_sequences is -1; it must be an integer >= 0"),
+        ({"data.pack_width": -1}, "data.pack_width is -1; it must be an integer >= 0"),
         ({"prefix.length": 0}, "prefix.length is 0 with prefix.kind='hidden'; use a length >= 1, or prefix.kind='none'"),
         ({"train.lr": float("nan")}, r"train.lr is nan; it must be a finite number in \(0, inf\)"),
         ({"train.lr": -1e-3}, r"train.lr is -0.001"),
@@ -68,3 +70,19 @@ def test_decode_bound_applies_to_commands_that_decode():
     config = _tiny(**{"model.max_len": 64})  # decode.max_new_tokens is 96: fine for training only.
     assert validation.problems(config, decoding=False) == []
     assert "decode.max_new_tokens" in validation.problems(config, decoding=True)[0]
+
+
+def test_a_run_whose_targets_do_not_fit_is_refused_before_training(tmp_path):
+    config = _tiny(**{"model.max_len": 32, "data.bucket_size": 32, "data.num_train": 64, "data.num_dev": 16})
+    with pytest.raises(errors.ConfigError, match=r"^157 of 157 train sequences lose their whole target at "
+                                                 r"model.max_len=32 .* raise model.max_len to at least 94"):
+        loop.train_and_evaluate(config, str(tmp_path))
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("command", [loop.evaluate, loop.decode])
+def test_a_mistyped_workdir_is_refused_and_not_created(tmp_path, command):
+    with pytest.raises(checkpoint.MissingCheckpointError, match=f"The workdir {tmp_path}/typo does not exist; "
+                                                                  "check --workdir, or train there first."):
+        command(tiny.get_config(), str(tmp_path / "typo"))
+    assert not (tmp_path / "typo").exists()

@@ -28,7 +28,7 @@ setuptools.setup(
         "tokenizers>=0.20",
     ],
     extras_require={
-        "test": ["pytest>=8", "matplotlib>=3.7"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "matplotlib>=3.7"],  # -n 2: both cores of a CI machine.
         # prefix_jax.report's plots.
         "report": ["matplotlib>=3.7"],
         # TFDS's web_nlg / e2e_cleaned / dart / xsum builders import TensorFlow.

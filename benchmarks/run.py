@@ -16,15 +16,15 @@ import time
 
 from absl import app, flags, logging
 
-from benchmarks import common, decode, peft_torch, scaling, sizes, train_step
+from benchmarks import common, decode, peft_torch, remat, scaling, sizes, train_step
 
-SECTIONS = ("train_step", "peft_torch", "sizes", "scaling", "decode")
+SECTIONS = ("train_step", "peft_torch", "sizes", "scaling", "decode", "remat")
 SUITES = {
     # The matmul peak is measured in the model's activation dtype.
     "cpu": dict(size="small", peak_size=2048, peak_dtype="float32", sections=SECTIONS),
     # PEFT runs on CPU torch only: its comparison is a CPU section.
     "gpu": dict(size="medium", peak_size=8192, peak_dtype="bfloat16",
-                sections=("train_step", "sizes", "scaling", "decode")),
+                sections=("train_step", "sizes", "scaling", "decode", "remat")),
 }
 
 _SUITE = flags.DEFINE_enum("suite", "cpu", list(SUITES), "Which suite: presets, sections, peak dtype.")
@@ -53,6 +53,7 @@ def run_suite(suite: str, *, size: str, sections, repetitions: int, steps: int, 
         "sizes": lambda: sizes.benchmark(size),
         "scaling": lambda: scaling.benchmark(size, max(3, repetitions // 2), 1),
         "decode": lambda: decode.benchmark(size, repetitions),
+        "remat": lambda: remat.benchmark(size, max(3, repetitions // 2), 1),
     }
     for section in sections:
         if section == "peft_torch" and not peft_torch.available():
@@ -68,7 +69,7 @@ def run_suite(suite: str, *, size: str, sections, repetitions: int, steps: int, 
 
 
 TABLES = {"train_step": train_step.to_markdown, "peft_torch": peft_torch.to_markdown, "sizes": sizes.to_markdown,
-          "scaling": scaling.to_markdown, "decode": decode.to_markdown}
+          "scaling": scaling.to_markdown, "decode": decode.to_markdown, "remat": remat.to_markdown}
 
 
 def write(results: dict, out: str) -> None:
@@ -107,6 +108,10 @@ def headline(results: dict) -> dict:
         latency, tenants = sections["decode"]["results"], sections["decode"]["multi_tenant"]
         ratios["decode per-token latency, cached prefix vs base"] = latency["prefix (cached K/V)"]["latency_vs_base"]
         ratios["multi-tenant batch vs sequential tokens/s"] = tenants["one mixed batch"]["speedup_vs_sequential"]
+    if "remat" in sections:
+        full = sections["remat"]["results"]["full"]
+        ratios["remat full: activation memory vs none"] = full["memory_vs_none"]
+        ratios["remat full: step time vs none"] = full["time_vs_none"]
     return ratios
 
 

@@ -72,8 +72,9 @@ def build(model: dict, batch_size: int, sequence_length: int, overrides: dict, s
           prefix_length: int = PREFIX_LENGTH) -> tuple:
     """(run, info): run() does `steps` jitted train steps on one fixed batch, state donated.
 
-    info holds the compile seconds (lower + compile, excluded from timings) and the
-    trainable parameter count. JSON-able arguments, so `isolated` can call it too.
+    info holds the compile seconds (lower + compile, excluded from timings), the
+    trainable parameter count and XLA's temporary buffers of the compiled step (bytes;
+    None where the backend does not say). JSON-able arguments, so `isolated` can call it too.
     """
     exp, state = train.create(variant_config(model, batch_size, overrides, prefix_length))
     batch = random_batch(batch_size, sequence_length, model["vocab_size"])
@@ -81,9 +82,11 @@ def build(model: dict, batch_size: int, sequence_length: int, overrides: dict, s
     train_fn, _ = train.make_step_fns(exp)
     start = time.perf_counter()
     compiled = train_fn.lower(state, batch, rng).compile()
+    analysis = compiled.memory_analysis()
     info = {
         "compile_seconds": time.perf_counter() - start,
         "trainable_params": prefix.num_params(trainable.partition(state.params, exp.labels)[0]),
+        "temp_bytes": analysis.temp_size_in_bytes if analysis else None,
     }
     holder = {"state": state}
 

@@ -13,7 +13,7 @@ def base_lm_model() -> ml_collections.ConfigDict:
     """The embedded pre-trained model's architecture (data/base_lm/base_model.json)."""
     return ml_collections.ConfigDict(
         dict(family="gpt2", vocab_size=4096, num_layers=4, num_heads=4, d_model=256, d_ff=1024, max_len=512,
-             dropout_rate=0.0, tie_embeddings=True, adapter_dim=0, dtype="float32")
+             dropout_rate=0.0, tie_embeddings=True, adapter_dim=0, dtype="float32", remat="none")
     )
 
 
@@ -33,7 +33,7 @@ def llama_model(**dims) -> ml_collections.ConfigDict:
     attention). The defaults are a random tiny GQA model for smoke runs."""
     fields = dict(family="llama", vocab_size=257, num_layers=2, num_heads=4, num_kv_heads=2, d_model=64, d_ff=128,
                   max_len=1024, head_dim=16, rope_theta=10000.0, rms_norm_epsilon=1e-5, tie_embeddings=False,
-                  adapter_dim=0, dtype="float32")
+                  adapter_dim=0, dtype="float32", remat="none")
     unknown = set(dims) - set(fields)
     if unknown:
         raise ValueError(f"llama_model got unknown fields {sorted(unknown)}; expected some of {sorted(fields)}.")
@@ -63,6 +63,7 @@ def base_config(arg=None) -> ml_collections.ConfigDict:
             tie_embeddings=True,
             adapter_dim=0,  # Houlsby adapters' width, for train.mode="adapter"; 0 = none
             dtype="float32",  # activations: float32 | bfloat16 | float16 (parameters stay float32)
+            remat="none",  # activation checkpointing per layer: none | full | dots (models/decoder.py)
         )
     )
     # Pre-trained base weights: a project base-model directory (base_model.json + base_model.safetensors;

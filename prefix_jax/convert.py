@@ -388,7 +388,7 @@ def _fitting(path: str, config, params: dict, expected) -> dict:
         raise CheckpointFormatError(
             f"The checkpoint in {path!r} is a {type(config).__name__}; this run needs a {type(expected).__name__}."
         )
-    run_fields = {name: getattr(expected, name) for name in ("dropout_rate", "dtype", "adapter_dim")
+    run_fields = {name: getattr(expected, name) for name in ("dropout_rate", "dtype", "adapter_dim", "remat")
                   if hasattr(expected, name)}
     same_run = dataclasses.replace(config, **run_fields)
     if same_run != expected:

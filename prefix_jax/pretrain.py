@@ -28,7 +28,8 @@ def perplexity(run: loop.Run, params: dict, path: str) -> float:
     """exp(mean next-token NLL) over the `block_len` blocks of a corpus file."""
     c = run.config
     blocks = pipeline.encode_text(path, tokenizer_lib.load(c.data.tokenizer), c.data.block_len)
-    batches = pipeline.Batches(blocks, c.train.batch_size, c.data.bucket_size, seed=0, shuffle=False)
+    batches = pipeline.Batches(blocks, c.train.batch_size, c.data.bucket_size, seed=0, shuffle=False,
+                               max_width=c.model.max_len)
     _, eval_fn = make_step_fns(run.exp)
     return math.exp(evaluate_loss(eval_fn, params, run.sharded(batches)))
 

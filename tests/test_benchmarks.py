@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from benchmarks import common, decode, isolated, peft_torch, run, scaling, sizes, train_step
+from benchmarks import common, decode, isolated, peft_torch, remat, run, scaling, sizes, train_step
 
 MEMORY_KEYS = {"baseline_bytes", "peak_bytes", "train_bytes"}
 
@@ -65,6 +65,16 @@ def test_scaling_schema():
             assert positive(point["prefix_speedup_vs_full"], point["prefix kv"]["tokens_per_second"],
                             point["full fine-tuning"]["step_seconds"])
     assert scaling.to_markdown(results).count("\n|") > 10
+
+
+def test_remat_schema():
+    results = remat.benchmark("toy", repetitions=1, steps=1)
+    assert list(results["results"]) == ["none", "full", "dots"]
+    for row in results["results"].values():
+        assert positive(row["temp_bytes"], row["step_seconds"], row["memory_vs_none"], row["time_vs_none"])
+    assert results["results"]["none"]["memory_vs_none"] == 1.0
+    assert results["sequence_length"] == remat.LENGTH_FACTOR * train_step.SHAPES["toy"]["sequence_length"]
+    assert remat.to_markdown(results).count("\n|") == 3 + 2
 
 
 def test_decode_schema():

@@ -68,7 +68,7 @@ def test_encoder_decoder_encoding_and_batches():
 def test_model_fields_must_fit_the_family():
     config = common.base_config()
     config.model.family = "bart"
-    with pytest.raises(ValueError, match=r"fields \['adapter_dim', 'dropout_rate', 'num_layers', 'tie_embeddings'\] that a bart"):
+    with pytest.raises(ValueError, match=r"fields \['adapter_dim', 'dropout_rate', 'num_layers', 'remat', 'tie_embeddings'\] that a bart"):
         train.model_config(config)
     config.model = common.bart_model()
     config.train.mode = "top_k"

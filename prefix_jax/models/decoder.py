@@ -65,6 +65,31 @@ class PreNormBlock(nn.Module):
         return self._mlp(x + adapters.adapt(self, "adapter_attn", attended), True), cache
 
 
+# Activation checkpointing of each layer (`model.remat`): what the backward pass may keep
+# from the forward instead of recomputing it. "none" keeps everything (no remat); "full"
+# keeps only each layer's input; "dots" keeps matmul outputs that have no batch dimension
+# (jax.checkpoint_policies: the weights-by-activation products, not the attention scores).
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def check_remat(remat: str) -> None:
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"Unknown model.remat {remat!r}; expected one of {sorted(REMAT_POLICIES)}.")
+
+
+def make_layers(block: type, config) -> list:
+    """`config.num_layers` blocks, each rematerialised under `config.remat`'s policy. The
+    same parameters and the same values: remat only trades memory for recomputation."""
+    if config.remat != "none":
+        # Argument 5 of PreNormBlock.__call__ (self is 0) is `deterministic`, a Python bool.
+        block = nn.remat(block, policy=REMAT_POLICIES[config.remat], static_argnums=(5,))
+    return [block(config) for _ in range(config.num_layers)]
+
+
 def _prefix_length(prefix) -> int:
     lengths = {entry[name].shape[-3 if name == "key" else -2]
                for entry in prefix if entry is not None for name in entry if name in ("key", "hidden")}

@@ -34,6 +34,9 @@ class GPT2Config:
     adapter_dim: int = dataclasses.field(default=0, repr=False)
     layer_norm_epsilon: float = 1e-5
     dtype: Any = jnp.float32  # Activations; parameters are always float32.
+    # Activation checkpointing per layer (decoder.REMAT_POLICIES); a compute choice, so out of
+    # the repr that fingerprints the base model: a run may resume with another.
+    remat: str = dataclasses.field(default="none", repr=False)
 
     def __post_init__(self):
         if self.d_model % self.num_heads:
@@ -42,6 +45,7 @@ class GPT2Config:
             )
         if self.adapter_dim < 0:
             raise ValueError(f"adapter_dim must be >= 0 (0 = no adapters), got {self.adapter_dim}.")
+        decoder.check_remat(self.remat)
 
     @property
     def head_dim(self) -> int:
@@ -103,7 +107,7 @@ class GPT2(decoder.DecoderOnly):
             c.max_len, c.d_model, embedding_init=_init((None, "embed"), nn.initializers.normal(0.01))
         )
         self.embed_dropout = nn.Dropout(c.dropout_rate)
-        self.layers = [Block(c) for _ in range(c.num_layers)]
+        self.layers = decoder.make_layers(Block, c)
         self.final_norm = _layer_norm(c)
         if not c.tie_embeddings:
             self.lm_head = nn.Dense(c.vocab_size, use_bias=False, dtype=c.dtype, kernel_init=_init(("embed", "vocab")))

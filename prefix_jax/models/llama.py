@@ -37,6 +37,7 @@ class LlamaConfig:
     tie_embeddings: bool = False
     adapter_dim: int = dataclasses.field(default=0, repr=False)  # As in GPT2Config.
     dtype: Any = jnp.float32  # Activations; parameters are always float32.
+    remat: str = dataclasses.field(default="none", repr=False)  # As in GPT2Config.
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
@@ -47,6 +48,7 @@ class LlamaConfig:
             raise ValueError(f"RoPE needs an even head_dim, got {self.head_dim}.")
         if self.adapter_dim < 0:
             raise ValueError(f"adapter_dim must be >= 0 (0 = no adapters), got {self.adapter_dim}.")
+        decoder.check_remat(self.remat)
 
     @property
     def prefix_geometry(self) -> layers.Geometry:
@@ -109,7 +111,7 @@ class Llama(decoder.DecoderOnly):
     def setup(self):
         c = self.config
         self.token_embed = nn.Embed(c.vocab_size, c.d_model, embedding_init=layers.param_init(("vocab", "embed")))
-        self.layers = [Block(c) for _ in range(c.num_layers)]
+        self.layers = decoder.make_layers(Block, c)
         self.final_norm = RMSNorm(c.rms_norm_epsilon, c.dtype)
         if not c.tie_embeddings:
             self.lm_head = _dense(c.vocab_size, ("embed", "vocab"), "lm_head", c.dtype)

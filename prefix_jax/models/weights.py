@@ -36,8 +36,8 @@ def round_trip(params: dict) -> dict:
 
 def architecture(model_config: dict) -> dict:
     """The base model's fields of a config's model section, without a run's own choices
-    (adapters it adds, its activation dtype)."""
-    return {k: v for k, v in model_config.items() if k not in ("adapter_dim", "dtype")}
+    (adapters it adds, its activation dtype, its activation checkpointing)."""
+    return {k: v for k, v in model_config.items() if k not in ("adapter_dim", "dtype", "remat")}
 
 
 def save(directory: str, model_config: dict, params: dict, extra: dict | None = None) -> dict:

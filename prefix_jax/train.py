@@ -51,14 +51,21 @@ def make_optimizer(train_config: ml_collections.ConfigDict, labels: dict):
     return trainable.masked_optimizer(inner, labels), schedule
 
 
+def _target_weights(batch: Batch) -> jax.Array:
+    """[batch, len - 1] float: decoder-only position t predicts token t + 1 where loss_mask
+    = 1 (targets, not the source or padding)."""
+    return (batch["loss_mask"][:, 1:] * batch["attention_mask"][:, 1:]).astype(jnp.float32)
+
+
 def _targets(logits: jax.Array, batch: Batch):
-    """(logits, target ids, weights [batch, len]) aligned: decoder-only position t predicts
-    token t+1 where loss_mask = 1 (targets, not the source or padding); an encoder-decoder's
-    decoder position t predicts labels[t] where decoder_attention_mask = 1."""
+    """(logits, target ids, weights) aligned: an encoder-decoder's decoder position t predicts
+    labels[t] where decoder_attention_mask = 1; decoder-only logits are either at a packed
+    batch's target_positions (`pipeline.pack_lm`) or at every position (`_target_weights`)."""
     if "labels" in batch:
         return logits, batch["labels"], batch["decoder_attention_mask"].astype(jnp.float32)
-    weights = (batch["loss_mask"][:, 1:] * batch["attention_mask"][:, 1:]).astype(jnp.float32)
-    return logits[:, :-1], batch["tokens"][:, 1:], weights
+    if "target_positions" in batch:
+        return logits, batch["target_ids"], batch["target_weights"]
+    return logits[:, :-1], batch["tokens"][:, 1:], _target_weights(batch)
 
 
 def token_nll(logits: jax.Array, batch: Batch) -> tuple[jax.Array, jax.Array]:
@@ -93,7 +100,7 @@ def loss_fn(trainable_params, frozen_params, batch, rng, *, model, spec, per="to
     token_loss = loss_sum / jnp.maximum(weight, 1.0)
     if per == "token":
         return token_loss, (token_loss, weight)
-    has_target = _targets(logits, batch)[2] > 0
+    has_target = (batch["decoder_attention_mask"] if "labels" in batch else _target_weights(batch)) > 0
     if "segment_ids" in batch:  # Packed rows: count the sequences whose last token is a target.
         segments = batch["segment_ids"][:, 1:]
         ends = segments != jnp.pad(segments[:, 1:], ((0, 0), (0, 1)))

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from benchmarks import common, decode, isolated, peft_torch, remat, run, scaling, sizes, train_step
+from benchmarks import common, decode, default_job, isolated, peft_torch, remat, run, scaling, sizes, train_step
 
 MEMORY_KEYS = {"baseline_bytes", "peak_bytes", "train_bytes"}
 
@@ -65,6 +65,17 @@ def test_scaling_schema():
             assert positive(point["prefix_speedup_vs_full"], point["prefix kv"]["tokens_per_second"],
                             point["full fine-tuning"]["step_seconds"])
     assert scaling.to_markdown(results).count("\n|") > 10
+
+
+def test_default_job_schema():
+    results = default_job.benchmark("toy", repetitions=1)
+    rows = results["results"]
+    assert set(rows) == {default_job.TARGETED, default_job.FULL}
+    assert rows[default_job.TARGETED]["logit_rows"] < rows[default_job.FULL]["logit_rows"] == results["pack_width"]
+    for row in rows.values():
+        assert positive(row["step_seconds"], row["real_tokens_per_second"], row["speedup_vs_full_logits"])
+    assert rows[default_job.FULL]["speedup_vs_full_logits"] == 1.0
+    assert default_job.to_markdown(results).count("\n|") == 2 + 2
 
 
 def test_remat_schema():

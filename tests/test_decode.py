@@ -266,3 +266,22 @@ def test_decode_config_section_maps_to_options():
     config.decode.strategy = "top_p"
     with pytest.raises(ValueError, match="Unknown decode strategy 'top_p'"):
         loop.decode_options(config.decode)
+
+
+@pytest.mark.parametrize("kind", ["kv", "infix", "prompt"])
+def test_prefill_runs_the_head_on_the_last_position_alone(config, model, base_params, kind):
+    """Decoding reads the prefill's last logits only: last_only gives exactly those, and the
+    compiled prefill does fewer FLOPs (the head runs on one row, not source_len)."""
+    spec = prefix_lib.PrefixSpec(kind=kind, length=3)
+    prefix = prefix_lib.init_random(spec, config.prefix_geometry, jax.random.key(7))
+    served = decode.serve(spec, prefix, model, base_params)
+    tokens, mask = decode.left_pad([np.array(s) for s in SOURCES])
+    family = families.of(model)
+    prefill = lambda last_only: jax.jit(lambda params: family.prefill(
+        model, params, served, tokens, mask, 4, last_only=last_only)[0])
+    full, last = prefill(False)(base_params), prefill(True)(base_params)
+    assert last.shape == (len(SOURCES), 1, config.vocab_size)
+    np.testing.assert_allclose(last, full[:, -1:], rtol=1e-6, atol=1e-6)
+    flops = lambda last_only: prefill(last_only).lower(base_params).compile().cost_analysis()["flops"]
+    head = 2 * config.d_model * config.vocab_size
+    assert flops(False) - flops(True) >= head * len(SOURCES) * (tokens.shape[1] - 1)

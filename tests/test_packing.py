@@ -74,3 +74,40 @@ def test_packing_refuses_what_its_mask_cannot_express(change, named):
         config[section][key] = value
     with pytest.raises(ValueError, match=rf"data.pack_width=\d+ cannot be used with {named}"):
         loop._check_packing(config)
+
+
+@pytest.mark.parametrize("module,per", [(tiny, "token"), (tiny, "sequence"), (tiny_llama, "token"),
+                                        (tiny_llama, "sequence")],
+                         ids=["gpt2-token", "gpt2-sequence", "llama-token", "llama-sequence"])
+def test_logits_at_target_positions_only_give_the_full_loss_and_gradients(module, per):
+    """A packed batch names its loss positions and the model's head runs on those alone:
+    the loss and prefix gradients of full-width logits, from fewer logit rows."""
+    config = _config(module, "kv", reparam_dim=8)
+    exp, state = train.create(config)
+    sequences = pipeline.encode_pairs(synthetic.copy_examples(12, 0), tokenizer.byte_level(), 64)
+    targeted = next(iter(pipeline.Batches(sequences, 6, 16, seed=0, shuffle=False, pack_width=64)))
+    full = {key: value for key, value in targeted.items() if not key.startswith("target_")}
+    slots = targeted["target_positions"].shape[1]
+    assert slots % 16 == 0 and slots < 64  # Fewer rows through the head than the width.
+    np.testing.assert_array_equal(targeted["target_weights"].sum(axis=1),
+                                  (targeted["loss_mask"][:, 1:] * targeted["attention_mask"][:, 1:]).sum(axis=1))
+    logits = train.forward(state.params, jax.tree.map(jnp.asarray, targeted), None, model=exp.model, spec=exp.spec,
+                           deterministic=True)
+    assert logits.shape == (6, slots, config.model.vocab_size)
+    trainable_params, frozen_params = trainable.partition(state.params, exp.labels)
+    (loss_full, (_, tokens_full)), grads_full, (loss_targeted, (_, tokens_targeted)), grads_targeted = (
+        value for batch in (full, targeted)
+        for value in jax.value_and_grad(train.loss_fn, has_aux=True)(
+            trainable_params, frozen_params, jax.tree.map(jnp.asarray, batch), None,
+            model=exp.model, spec=exp.spec, per=per))
+    assert float(tokens_targeted) == float(tokens_full) > 0
+    np.testing.assert_allclose(loss_targeted, loss_full, rtol=1e-6)
+    for g_targeted, g_full in zip(jax.tree.leaves(grads_targeted), jax.tree.leaves(grads_full)):
+        np.testing.assert_allclose(g_targeted, g_full, rtol=1e-5, atol=1e-7)
+
+
+def test_a_packed_row_with_more_targets_than_its_slots_is_refused():
+    sequences = pipeline.encode_pairs(synthetic.copy_examples(4, 0), tokenizer.byte_level(), 64)
+    rows = [sequences[:2], sequences[2:]]
+    with pytest.raises(ValueError, match=r"A packed row has \d+ targets, over its 2 target slots"):
+        pipeline.pack_lm(rows, 2, 128, target_slots=2)

@@ -213,9 +213,13 @@ def pack(lengths: Sequence[int], width: int, seed: int, open_rows: int = 8) -> l
     return rows
 
 
-def pack_lm(rows: Sequence[Sequence[Encoded]], batch_size: int, width: int) -> dict:
+def pack_lm(rows: Sequence[Sequence[Encoded]], batch_size: int, width: int, target_slots: int) -> dict:
     """Packed decoder-only rows: `pad_lm`'s fields plus segment_ids (1, 2, ... per sequence
-    in its row, 0 for padding) and positions (each sequence from 0), [batch_size, width]."""
+    in its row, 0 for padding) and positions (each sequence from 0), [batch_size, width],
+    and the loss's positions alone, [batch_size, target_slots] (`target_slots` at least
+    every row's count): target_positions (t whose logits predict token t + 1, a target),
+    target_ids (token t + 1) and target_weights (1, or 0 for unused slots), so the model
+    computes its head and softmax only there (38% of WebNLG's packed tokens)."""
     batch = pad_lm([(np.concatenate([t for t, _ in row]), np.concatenate([m for _, m in row])) for row in rows],
                    batch_size, width)
     batch["segment_ids"] = np.zeros((batch_size, width), np.int32)
@@ -226,6 +230,15 @@ def pack_lm(rows: Sequence[Sequence[Encoded]], batch_size: int, width: int) -> d
             batch["segment_ids"][r, start : start + len(tokens)] = segment
             batch["positions"][r, start : start + len(tokens)] = np.arange(len(tokens))
             start += len(tokens)
+    for name, dtype in (("target_positions", np.int32), ("target_ids", np.int32), ("target_weights", np.float32)):
+        batch[name] = np.zeros((batch_size, target_slots), dtype)
+    for r in range(batch_size):
+        positions = np.flatnonzero(batch["loss_mask"][r, 1:] * batch["attention_mask"][r, 1:])
+        if len(positions) > target_slots:
+            raise ValueError(f"A packed row has {len(positions)} targets, over its {target_slots} target slots.")
+        batch["target_positions"][r, : len(positions)] = positions
+        batch["target_ids"][r, : len(positions)] = batch["tokens"][r, positions + 1]
+        batch["target_weights"][r, : len(positions)] = 1
     return batch
 
 
@@ -265,9 +278,10 @@ class Batches:
     `seq2seq_padder(...)` for encoder-decoder rows). With `pack_width` > 0 (decoder-only),
     a row is instead several sequences packed to that width (`pack`, `pack_lm`): one shape
     to compile and almost no padding; the rows are fixed by the seed, their order by the
-    epoch. With `shuffle`, every epoch is a fresh seed-determined order and each bucket's
-    remainder is left out of that epoch; without it (evaluation) everything is kept in
-    order, the last batch of a bucket filled with all-masked rows.
+    epoch, and their loss positions get as many target slots as the fullest row needs
+    (rounded up to `bucket_size`). With `shuffle`, every epoch is a fresh seed-determined
+    order and each bucket's remainder is left out of that epoch; without it (evaluation)
+    everything is kept in order, the last batch of a bucket filled with all-masked rows.
     """
 
     def __init__(self, sequences: Sequence[Encoded | Seq2SeqEncoded], batch_size: int, bucket_size: int, *,
@@ -279,7 +293,11 @@ class Batches:
         if pack_width:  # Rows of packed sequences, all one width.
             rows = pack([len(sequence[0]) for sequence in sequences], pack_width, seed)
             self.rows = [[sequences[index] for index in row] for row in rows]
-            self.buckets, self.pad = {pack_width: np.arange(len(rows))}, pack_lm
+            # Target slots for every row of the run: one shape, rounded up like widths.
+            most = max(int(np.concatenate([mask for _, mask in row])[1:].sum()) for row in self.rows)
+            slots = bucket_width(max(most, 1), bucket_size, pack_width)
+            self.buckets = {pack_width: np.arange(len(rows))}
+            self.pad = lambda rows, batch_size, width: pack_lm(rows, batch_size, width, slots)
         else:
             self.rows = sequences
             widths = [bucket_width(len(sequence[0]), bucket_size, max_width) for sequence in sequences]

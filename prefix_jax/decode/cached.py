@@ -67,7 +67,7 @@ def generate(base_params, served: dict, tokens, attention_mask, *, model, option
 def _generate(base_params, served, tokens, attention_mask, rng, *, model, options, eos_id, start_tokens):
     family = families.of(model)
     logits, rows, context = family.prefill(
-        model, base_params, served, tokens, attention_mask, options.max_new_tokens, start_tokens
+        model, base_params, served, tokens, attention_mask, options.max_new_tokens, start_tokens, last_only=True
     )
     step = lambda rows, token, t: family.step(model, base_params, served, context, rows, token, t)
     return search.search(step, logits[:, -1], rows, options, eos_id, rng)

@@ -290,7 +290,7 @@ def forward(model, base_params, batch, prefix_inputs, rng, deterministic):
     )
 
 
-def prefill(model, base_params, served, tokens, attention_mask, max_new_tokens, start_tokens):
+def prefill(model, base_params, served, tokens, attention_mask, max_new_tokens, start_tokens, last_only=False):
     """Encodes the sources once, projects every decoder layer's cross-attention K/V once, and
     runs the decoder's start tokens; returns (logits, (cache, memory_valid), start length).
 
@@ -303,7 +303,7 @@ def prefill(model, base_params, served, tokens, attention_mask, max_new_tokens, 
     cache = model.apply(variables, memory, len(start_tokens) + max_new_tokens, method=Bart.init_cache)
     start = jnp.broadcast_to(jnp.asarray(start_tokens, jnp.int32), (tokens.shape[0], len(start_tokens)))
     logits, cache = model.apply(variables, start, cache, 0, attention_mask, prefix=prefix, method=Bart.decode_step)
-    return logits, (cache, attention_mask), len(start_tokens)
+    return logits[:, -1:] if last_only else logits, (cache, attention_mask), len(start_tokens)
 
 
 def step(model, base_params, served, start_length, rows, token, t):

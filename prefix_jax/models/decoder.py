@@ -130,10 +130,12 @@ class DecoderOnly(nn.Module):
         prefix_queries: Optional[Array] = None,
         positions: Optional[Array] = None,
         segment_ids: Optional[Array] = None,
+        logit_positions: Optional[Array] = None,
         literal_prefix: bool = False,
         deterministic: bool = True,
     ) -> Array:
-        """Logits [batch, m, vocab] for the m input tokens.
+        """Logits [batch, m, vocab] for the m input tokens (with logit_positions [batch, k]:
+        [batch, k, vocab] at those positions only, the ones a loss reads).
 
         tokens: [batch, m] int. attention_mask: [batch, m], 0 marks padding. segment_ids:
         [batch, m] int, several sequences packed in a row (`pipeline.pack_lm`, with their own
@@ -187,10 +189,13 @@ class DecoderOnly(nn.Module):
                 else:
                     kv = tuple(layers.as_groups(entry[name], 3) for name in ("key", "value"))
                 x = layer(x, positions, prefixed, kv, deterministic)
-        return self.logits(x[:, num_prompt:])
+        x = x[:, num_prompt:]
+        if logit_positions is not None:  # The head and softmax are ~20% of a step; skip unread rows.
+            x = jnp.take_along_axis(x, logit_positions[:, :, None], axis=1)
+        return self.logits(x)
 
     def decode_step(self, tokens, positions, cache, index, cache_valid, *, prefix=None, prefix_valid=None,
-                    prefix_queries=None, prompt=None):
+                    prefix_queries=None, prompt=None, last_only=False):
         """Runs `tokens` at cache slots `index`.. (after `prompt` rows, if given); jit-safe.
 
         tokens, positions: [rows, q]. cache: `layers.empty_cache(...)`. cache_valid: [rows,
@@ -199,7 +204,8 @@ class DecoderOnly(nn.Module):
         per layer, already K/V, with prefix_valid [groups, n]; groups divide rows.
         prefix_queries: [rows, q] bool, the queries that see the prefix (an infix). prompt:
         [groups, n_prompt, embed] soft tokens, given only on the call that fills the cache's
-        first slots (the prefill). Returns (logits [rows, q, vocab], updated cache).
+        first slots (the prefill). Returns (logits [rows, q, vocab], or [rows, 1, vocab] for the
+        last query alone with last_only, updated cache).
         """
         rows, q = tokens.shape
         x = self.embed(tokens, positions)
@@ -224,7 +230,7 @@ class DecoderOnly(nn.Module):
             kv = None if entry is None else (entry["key"], entry["value"])
             x, layer_cache = layer.cached(x, positions, mask if kv is None else prefixed, layer_cache, index, kv)
             new_cache.append(layer_cache)
-        return self.logits(x[:, num_prompt:]), tuple(new_cache)
+        return self.logits(x[:, -1:] if last_only else x[:, num_prompt:]), tuple(new_cache)
 
 
 def init_params(model: nn.Module, rng: Array, seq_len: int = 8) -> dict:
@@ -239,8 +245,11 @@ def logical_axes(model: nn.Module) -> dict:
 
 
 def forward(model, base_params, batch, prefix_inputs, rng, deterministic):
-    """The loss's logits [batch, len, vocab] (prefix_inputs: `prefix.model_inputs(...)`)."""
+    """The loss's logits: [batch, len, vocab], or [batch, k, vocab] at a batch's
+    target_positions (prefix_inputs: `prefix.model_inputs(...)`)."""
     packed = {key: batch[key] for key in ("segment_ids", "positions") if key in batch}
+    if "target_positions" in batch:  # Packed rows name their loss positions (`pipeline.pack_lm`).
+        packed["logit_positions"] = batch["target_positions"]
     return model.apply(
         {"params": base_params}, batch["tokens"], attention_mask=batch["attention_mask"],
         deterministic=deterministic, rngs=None if rng is None else {"dropout": rng}, **packed, **prefix_inputs,
@@ -253,12 +262,13 @@ def _served_prefix(served: dict):
     return tuple({"key": k, "value": v} for k, v in zip(served["key"], served["value"])), served["mask"]
 
 
-def prefill(model, base_params, served, tokens, attention_mask, max_new_tokens, start_tokens=()):
+def prefill(model, base_params, served, tokens, attention_mask, max_new_tokens, start_tokens=(), last_only=False):
     """Runs prompt + left-padded sources through the model once, filling the cache's first slots.
 
     served: a task's (or each row's) served prefix (decode/serving.py). Returns (logits [rows,
-    source_len, vocab], (cache, cache_valid [rows, cache_len], next position [rows]), next
-    cache slot). An infix is seen only by the source's last row, which (with the new rows)
+    source_len, vocab] (last_only: [rows, 1, vocab], the head at the one position decoding
+    reads, a fifth of SmolLM2's FLOPs per source token saved), (cache, cache_valid [rows,
+    cache_len], next position [rows]), next cache slot). An infix is seen only by the source's last row, which (with the new rows)
     moves by its length.
     """
     if len(start_tokens):
@@ -285,7 +295,8 @@ def prefill(model, base_params, served, tokens, attention_mask, max_new_tokens, 
     prefix, prefix_valid = _served_prefix(served)
     logits, cache = model.apply(
         {"params": base_params}, tokens, positions, cache, 0, cache_valid,
-        prefix=prefix, prefix_valid=prefix_valid, prefix_queries=queries, prompt=prompt, method=DecoderOnly.decode_step,
+        prefix=prefix, prefix_valid=prefix_valid, prefix_queries=queries, prompt=prompt, last_only=last_only,
+        method=DecoderOnly.decode_step,
     )
     return logits, (cache, cache_valid, lengths), num_prompt + source_len
 

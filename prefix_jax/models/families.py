@@ -25,8 +25,9 @@ class Family:
     init_params: Callable  # (model, rng) -> params
     logical_axes: Callable  # (model) -> PartitionSpec pytree of logical axis names
     forward: Callable  # (model, base_params, batch, prefix_inputs, rng, deterministic) -> logits
-    # Cached decoding. prefill(model, base_params, served, tokens, mask, max_new_tokens, start_tokens)
-    # -> (logits [rows, q, vocab], rows: per-row state (the cache...), context: the rest);
+    # Cached decoding. prefill(model, base_params, served, tokens, mask, max_new_tokens, start_tokens,
+    # last_only=False) -> (logits [rows, q, vocab] (last_only: [rows, 1, vocab]), rows: per-row state
+    # (the cache...), context: the rest);
     # step(model, base_params, served, context, rows, token [rows], t) -> (logits [rows, vocab], rows).
     prefill: Callable
     step: Callable

@@ -213,6 +213,12 @@ def pack(lengths: Sequence[int], width: int, seed: int, open_rows: int = 8) -> l
     return rows
 
 
+def target_positions(row: Sequence[Encoded]) -> np.ndarray:
+    """Positions t of a packed row whose logits predict a target token t + 1 (the numpy
+    twin of `train._target_weights`, which reads the same from a padded batch)."""
+    return np.flatnonzero(np.concatenate([mask for _, mask in row])[1:])
+
+
 def pack_lm(rows: Sequence[Sequence[Encoded]], batch_size: int, width: int, target_slots: int) -> dict:
     """Packed decoder-only rows: `pad_lm`'s fields plus segment_ids (1, 2, ... per sequence
     in its row, 0 for padding) and positions (each sequence from 0), [batch_size, width],
@@ -232,8 +238,8 @@ def pack_lm(rows: Sequence[Sequence[Encoded]], batch_size: int, width: int, targ
             start += len(tokens)
     for name, dtype in (("target_positions", np.int32), ("target_ids", np.int32), ("target_weights", np.float32)):
         batch[name] = np.zeros((batch_size, target_slots), dtype)
-    for r in range(batch_size):
-        positions = np.flatnonzero(batch["loss_mask"][r, 1:] * batch["attention_mask"][r, 1:])
+    for r, row in enumerate(rows):
+        positions = target_positions(row)
         if len(positions) > target_slots:
             raise ValueError(f"A packed row has {len(positions)} targets, over its {target_slots} target slots.")
         batch["target_positions"][r, : len(positions)] = positions
@@ -294,7 +300,7 @@ class Batches:
             rows = pack([len(sequence[0]) for sequence in sequences], pack_width, seed)
             self.rows = [[sequences[index] for index in row] for row in rows]
             # Target slots for every row of the run: one shape, rounded up like widths.
-            most = max(int(np.concatenate([mask for _, mask in row])[1:].sum()) for row in self.rows)
+            most = max(len(target_positions(row)) for row in self.rows)
             slots = bucket_width(max(most, 1), bucket_size, pack_width)
             self.buckets = {pack_width: np.arange(len(rows))}
             self.pad = lambda rows, batch_size, width: pack_lm(rows, batch_size, width, slots)

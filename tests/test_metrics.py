@@ -7,6 +7,7 @@ import shutil
 import pytest
 
 from prefix_jax import metrics
+from prefix_jax.metrics import text
 
 # sacrebleu's README example (BLEU = 48.53), three inputs with two references each.
 SYSTEM = ["The dog bit the man.", "It wasn't surprising.", "The man had just bitten him."]
@@ -111,8 +112,11 @@ def test_webnlg_layout_scores_seen_unseen_and_all_against_three_references(monke
 
 def test_a_subset_without_inputs_has_no_scores(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
+    ter_calls = []
+    monkeypatch.setattr(text, "ter", lambda *args: ter_calls.append(args) or 50.0)
     result = metrics.evaluate("webnlg", CAT, CAT_REFS, [True])  # WebNLG dev: every category seen.
     assert result["scores"]["unseen"] is None and result["scores"]["seen"] == result["scores"]["all"]
+    assert len(ter_calls) == 1  # seen = all: scored once (TER takes a minute on WebNLG dev).
     assert metrics.markdown(result, row="dev").splitlines()[2].split(" | ")[2] == "–"
     with pytest.raises(ValueError, match="1 hypotheses but 2"):
         metrics.evaluate("webnlg", CAT, CAT_REFS, [True, False])

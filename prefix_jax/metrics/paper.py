@@ -108,10 +108,11 @@ def evaluate(
     if spec.by_seen:
         seen = [True] * len(hypotheses) if seen is None else list(seen)
         text.check_pairs(hypotheses, seen)
-        scores = {
-            subset: spec.compute([hypotheses[i] for i in rows], [references[i] for i in rows]) if rows else None
-            for subset, rows in _subsets(seen).items()
-        }
+        by_rows = {}  # A subset equal to another (WebNLG dev: seen = all) is scored once; TER is slow.
+        for rows in _subsets(seen).values():
+            if rows and tuple(rows) not in by_rows:
+                by_rows[tuple(rows)] = spec.compute([hypotheses[i] for i in rows], [references[i] for i in rows])
+        scores = {subset: dict(by_rows[tuple(rows)]) if rows else None for subset, rows in _subsets(seen).items()}
         computed = [s for s in scores.values() if s]
     else:
         scores = spec.compute(hypotheses, references)

@@ -41,9 +41,14 @@ def sources(config, rows: int) -> tuple[np.ndarray, np.ndarray]:
     return decode.pad_rows(prompts)
 
 
-def _jax_runners(config, tokens, mask, new_tokens) -> dict:
+def _jax_runners(config, tokens, mask, new_tokens) -> tuple[dict, float]:
+    """The timed decoders, and the seconds one pass over the base's weights takes (read and
+    summed): a lower bound on a batch-1 step, which reads every weight once."""
     exp, state = train.create(config)
     params = state.params
+    read = jax.jit(lambda base: sum(jax.numpy.sum(x) for x in jax.tree.leaves(base)))
+    jax.block_until_ready(read(params["base"]))
+    weights_read = common.interleaved_medians({"read": lambda: read(params["base"])}, 5)["read"]
     served = {OURS: decode.serve(exp.spec, params["prefix"], exp.model, params["base"]), OURS_BASE: {}}
     runners = {}
     for name, prefix in served.items():
@@ -53,7 +58,7 @@ def _jax_runners(config, tokens, mask, new_tokens) -> dict:
                 params["base"], p, tokens, mask, model=exp.model, options=o, eos_id=NEVER)
     for run in runners.values():
         jax.block_until_ready(run())  # Compile.
-    return runners
+    return runners, weights_read
 
 
 def _torch_runners(config, tokens, mask, new_tokens) -> dict:
@@ -108,7 +113,8 @@ def benchmark(size: str, repetitions: int, batch_sizes: tuple = BATCH_SIZES) -> 
     rows = {}
     for batch in batch_sizes:
         tokens, mask = sources(config, batch)
-        seconds = common.interleaved_medians(_jax_runners(config, tokens, mask, (short, long)), repetitions)
+        jax_runners, weights_read = _jax_runners(config, tokens, mask, (short, long))
+        seconds = common.interleaved_medians(jax_runners, repetitions)
         torch_runners, applied = _torch_runners(config, tokens, mask, (short, long))
         seconds.update(common.interleaved_medians(torch_runners, repetitions))
         latency = {name: (seconds[(name, long)] - seconds[(name, short)]) / (long - short)
@@ -120,6 +126,7 @@ def benchmark(size: str, repetitions: int, batch_sizes: tuple = BATCH_SIZES) -> 
         } for name in latency}
         rows[str(batch)]["source_width"] = int(tokens.shape[1])
         rows[str(batch)]["peft_generate_applies_prefix"] = applied
+        rows[str(batch)]["weights_read_seconds"] = weights_read
     return {
         "benchmark": "hf_decode", "size": size, "base_weights": config.base_weights or "random",
         "prefix_length": config.prefix.length, "reparam_dim": config.prefix.reparam_dim,
@@ -139,6 +146,9 @@ def to_markdown(results: dict) -> str:
         f"{results['threads']} threads. Per-token latency: (t({long} tokens) - t({short} tokens)) / {long - short}, "
         f"median of {results['repetitions']} interleaved rounds.\n\n"
     )
+    floor = min(by_name["weights_read_seconds"] for by_name in results["results"].values())
+    intro += (f"Reading the base's float32 weights once (a jitted sum over them) takes {1000 * floor:.1f} ms: the "
+              f"floor of a batch-1 step, which reads every weight.\n\n")
     if not all(by_name["peft_generate_applies_prefix"] for by_name in results["results"].values()):
         intro += ("**PEFT's `generate` dropped the prefix in this run**: its first-step scores differ from a forward "
                   "pass with the prefix (they are the base model's), so its row times PEFT's prefix overhead on "

@@ -4,6 +4,8 @@
   python -m benchmarks.run --suite=gpu                  # bf16, GPT-2-medium dims
   python -m benchmarks.run --suite=cpu --sections=train_step,sizes --out=/tmp/bench
   python -m benchmarks.run --suite=cpu --render_only   # markdown again from cpu.json
+  python -m benchmarks.run --suite=cpu --sections=default_job,hf_decode --out=benchmarks/results/smollm2
+                                                        # the default job's model (SmolLM2), ~16 min
 
 Writes `<out>/<suite>.json` (everything, with the environment) and `<out>/<suite>.md`
 (headline ratios against the targets, then every section's table), and each section
@@ -124,10 +126,10 @@ def headline(results: dict) -> dict:
     if "results" in sections.get("default_job", {}):
         for k, rows in sections["default_job"]["results"].items():
             targeted, full = rows[default_job.TARGETED], rows[default_job.FULL]
-            ratios[f"default job: logits at targets vs every position, real tokens/s, {k} threads"] = (
+            ratios[f"default job: logits at targets vs every position, real tokens/s, threads={k}"] = (
                 targeted["real_tokens_per_second"] / full["real_tokens_per_second"])
             if targeted["speed_vs_peft"] is not None:
-                ratios[f"default job: prefix_jax vs PEFT real tokens/s, {k} threads"] = targeted["speed_vs_peft"]
+                ratios[f"default job: prefix_jax vs PEFT real tokens/s, threads={k}"] = targeted["speed_vs_peft"]
     if "results" in sections.get("hf_decode", {}):
         for batch, rows in sections["hf_decode"]["results"].items():
             ratios[f"decode batch {batch}: prefix_jax vs HF + PEFT per-token speed"] = (

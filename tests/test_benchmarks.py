@@ -104,6 +104,7 @@ def test_hf_decode_schema():
     assert {hf_decode.OURS, hf_decode.OURS_BASE, hf_decode.HF, hf_decode.HF_BASE} < set(rows)
     assert rows[hf_decode.HF]["latency_vs_hf_peft"] == 1.0
     assert rows["source_width"] > 0 and isinstance(rows["peft_generate_applies_prefix"], bool)
+    assert positive(rows["weights_read_seconds"])
     for name in (hf_decode.OURS, hf_decode.OURS_BASE, hf_decode.HF, hf_decode.HF_BASE):
         assert positive(*rows[name]["call_seconds"].values())
     assert hf_decode.to_markdown(results).count("\n|") == 4 + 2

@@ -109,35 +109,26 @@ def hf_model(config):
     ))
 
 
+def peft_model(config):
+    """`hf_model` with a PEFT prefix of the job's length and reparameterisation width."""
+    import peft
+
+    p = config.prefix
+    return peft.get_peft_model(hf_model(config), peft.PrefixTuningConfig(
+        task_type="CAUSAL_LM", num_virtual_tokens=p.length, prefix_projection=p.reparam_dim > 0,
+        encoder_hidden_size=p.reparam_dim or config.model.d_model,
+    ))
+
+
 def torch_run_fn(size: str):
     """A callable training the same texts once with PEFT prefix tuning; returns the loss."""
-    import peft
     import torch
 
     torch.manual_seed(0)
     torch.set_num_threads(peft_torch.threads())
     config = job_config(size)
     batches = [tuple(map(torch.tensor, unpacked(batch))) for batch in job_batches(config)]
-    p, t = config.prefix, config.train
-    net = peft.get_peft_model(hf_model(config), peft.PrefixTuningConfig(
-        task_type="CAUSAL_LM", num_virtual_tokens=p.length, prefix_projection=p.reparam_dim > 0,
-        encoder_hidden_size=p.reparam_dim or config.model.d_model,
-    ))
-    net.train()
-    params = [q for q in net.parameters() if q.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=t.lr, betas=(t.adam_b1, t.adam_b2), eps=t.adam_eps,
-                                  weight_decay=t.weight_decay)
-
-    def run():
-        for ids, mask, labels in batches:
-            loss = net(input_ids=ids, attention_mask=mask, labels=labels).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, t.grad_clip_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        return loss.item()
-
-    return run
+    return peft_torch.torch_training(peft_model(config), config.train, batches)
 
 
 def _measure(size: str, variant: str, repetitions: int, cpus: int) -> dict:

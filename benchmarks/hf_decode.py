@@ -61,18 +61,13 @@ def _jax_runners(config, tokens, mask, new_tokens) -> tuple[dict, float]:
     return runners, weights_read
 
 
-def _torch_runners(config, tokens, mask, new_tokens) -> dict:
-    import peft
+def _torch_runners(config, tokens, mask, new_tokens) -> tuple[dict, bool]:
+    """The timed Hugging Face decoders, and whether PEFT's generate applies the prefix."""
     import torch
 
     torch.manual_seed(0)
     torch.set_num_threads(peft_torch.threads())
-    base = default_job.hf_model(config).eval()
-    p = config.prefix
-    with_prefix = peft.get_peft_model(base, peft.PrefixTuningConfig(
-        task_type="CAUSAL_LM", num_virtual_tokens=p.length, prefix_projection=p.reparam_dim > 0,
-        encoder_hidden_size=p.reparam_dim or config.model.d_model,
-    )).eval()
+    with_prefix = default_job.peft_model(config).eval()
     ids, attention = torch.tensor(np.asarray(tokens, np.int64)), torch.tensor(np.asarray(mask, np.int64))
 
     def generate(net, n):

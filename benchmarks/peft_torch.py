@@ -59,21 +59,29 @@ def torch_run_fn(model: dict, batch_size: int, sequence_length: int, variant: st
         net = peft.get_peft_model(net, peft.PrefixTuningConfig(
             task_type="CAUSAL_LM", num_virtual_tokens=prefix_length, **VARIANTS[variant]
         ))
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, model["vocab_size"], (batch_size, sequence_length), generator=generator)
+    mask = torch.ones_like(tokens)
+    labels = tokens.clone()
+    labels[:, : sequence_length // 2] = -100  # Loss on the second half, as train_step.random_batch.
+    return torch_training(net, train_config, [(tokens, mask, labels)] * steps)
+
+
+def torch_training(net, train_config, batches):
+    """A callable doing one AdamW step (our optimizer settings, gradients clipped) per
+    (input_ids, attention_mask, labels) batch; returns the last loss."""
+    import torch
+
     net.train()
     params = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params, lr=train_config.lr, betas=(train_config.adam_b1, train_config.adam_b2), eps=train_config.adam_eps,
         weight_decay=train_config.weight_decay,
     )
-    generator = torch.Generator().manual_seed(0)
-    tokens = torch.randint(0, model["vocab_size"], (batch_size, sequence_length), generator=generator)
-    mask = torch.ones_like(tokens)
-    labels = tokens.clone()
-    labels[:, : sequence_length // 2] = -100  # Loss on the second half, as train_step.random_batch.
 
     def run():
-        for _ in range(steps):
-            loss = net(input_ids=tokens, attention_mask=mask, labels=labels).loss
+        for ids, mask, labels in batches:
+            loss = net(input_ids=ids, attention_mask=mask, labels=labels).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, train_config.grad_clip_norm)
             optimizer.step()

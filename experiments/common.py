@@ -116,6 +116,8 @@ def base_config(arg=None) -> ml_collections.ConfigDict:
             num_train=0,  # 0 = all examples (inputs, not pairs; blocks for text)
             num_dev=0,
             num_test=0,
+            # webnlg: categories held out of training, evaluated as unseen ("Airport,Food"; sources.hold_out)
+            heldout_categories="",
         )
     )
     config.checkpoint = ml_collections.ConfigDict(dict(every=100, keep=3, async_save=True))

@@ -143,7 +143,9 @@ RUN_FIELDS = (
     "train.adam_b2", "train.adam_eps", "train.grad_clip_norm", "train.loss_per", "train.eval_sequences",
     "data.name", "data.train_path", "data.dev_path", "data.num_train", "data.num_dev", "data.tokenizer",
     "data.bucket_size", "data.pack_width", "data.block_len", "data.max_source_len", "data.max_target_len",
+    "data.heldout_categories",
 )
+ADDED_RUN_FIELDS = {"data.heldout_categories": ""}  # Fields newer than some checkpoints: the value they had.
 
 
 def run_record(config: ml_collections.ConfigDict) -> dict:
@@ -160,7 +162,7 @@ def _compare_run(run: Run, meta: dict, step: int) -> None:
         logging.warning("%s records no run settings (an older checkpoint); they are not compared.", where)
         return
     changed = [f"{field} is {now[field]!r} here but {saved.get(field)!r} in the checkpoint's run"
-               for field in RUN_FIELDS if saved.get(field) != now[field]]
+               for field in RUN_FIELDS if saved.get(field, ADDED_RUN_FIELDS.get(field)) != now[field]]
     if changed:
         raise checkpoint.CheckpointMismatchError(
             f"Cannot resume {where}: {'; '.join(changed)}; rerun with the checkpoint's values "

@@ -5,6 +5,7 @@ with grep over the archive's XML, distinct MRs with sort -u over the E2E file.
 `test_webnlg_counts_agree_with_a_regex_over_the_archive` keeps that method beside them.
 """
 
+import dataclasses
 import functools
 import gzip
 import json
@@ -16,8 +17,11 @@ import tarfile
 
 import pytest
 
-from prefix_jax.data import dart, e2e, webnlg, xsum
+from experiments import common
+from prefix_jax import loop
+from prefix_jax.data import dart, e2e, sources, webnlg, xsum
 from prefix_jax.data.records import DataError, Example, MissingDataError
+from prefix_jax.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WEBNLG = os.path.join(ROOT, "data", "webnlg2017_train_dev.tar.xz")
@@ -148,6 +152,48 @@ def test_webnlg_test_split_marks_unseen_categories(tmp_path):
         ),
         Example(" | Aarhus_Airport : cityServed : Aarhus", ("It serves Aarhus.",), "Airport", True),
     ]
+
+
+@functools.cache
+def _heldout_reads():
+    config = common.base_config().data
+    config.heldout_categories = "Airport, Food"
+    return {split: sources.read(config, split) for split in ("train", "dev")}
+
+
+def test_heldout_categories_leave_training_and_are_evaluated_as_unseen():
+    train, dev = _heldout_reads()["train"], _heldout_reads()["dev"]
+    full_train, full_dev = _webnlg("train", only_good=True), _webnlg("dev")
+    assert not {"Airport", "Food"} & {e.category for e in train}
+    assert train == [e for e in full_train if e.category not in ("Airport", "Food")]
+    # Dev keeps its own entries (held-out ones marked unseen), then every held-out training
+    # entry with all its texts as references.
+    assert dev[: len(full_dev)] == [
+        dataclasses.replace(e, seen=e.category not in ("Airport", "Food")) for e in full_dev]
+    held = [e for e in _webnlg("train") if e.category in ("Airport", "Food")]
+    assert dev[len(full_dev):] == [dataclasses.replace(e, seen=False) for e in held]
+    assert len(held) == 1090 + 1424 and sum(not e.seen for e in dev) > len(held)
+    # Other training data: a resume with other held-out categories is refused, one from
+    # before the field existed compares as none held out.
+    assert "data.heldout_categories" in loop.RUN_FIELDS and loop.ADDED_RUN_FIELDS["data.heldout_categories"] == ""
+
+
+def test_heldout_categories_on_the_test_split_and_bad_names(tmp_path):
+    directory = tmp_path / "webnlg2017" / "test"
+    directory.mkdir(parents=True)
+    (directory / "test.xml").write_text(_xml(
+        _entry("Airport", ["Aarhus_Airport | cityServed | Aarhus"], ["It serves Aarhus."]),
+        _entry("City", ["Aarhus | country | Denmark"], ["Aarhus is in Denmark."]),
+    ))
+    config = common.base_config().data
+    config.update(test_path=str(tmp_path), heldout_categories="Airport")
+    assert [(e.category, e.seen) for e in sources.read(config, "test")] == [("Airport", False), ("City", True)]
+    config.heldout_categories = "Airports"
+    with pytest.raises(ConfigError, match=r"data.heldout_categories names \['Airports'\], not categories of"):
+        sources.read(config, "train")
+    config.update(name="e2e", heldout_categories="Airport")
+    with pytest.raises(ConfigError, match="data.heldout_categories needs WebNLG-format data"):
+        sources.read(config, "dev")
 
 
 # E2E on the real dev file; the CSV format on a small file.

@@ -31,7 +31,7 @@ spends ~1 minute loading and scoring dev loss, and 7 to 9 minutes decoding and s
 | lr 1e-3, warmup 10, 8 padded texts a step | 40 (320) | 4 min | 4.86 -> 1.27 (16 dev inputs) | | | | |
 | these settings (160 steps, in `.ci/run`) | 160 (~1,040) | 9.1 min | 3.90 -> 1.14 | 37.32 | 0.32 | 0.65 | 19 min 1 s |
 | the same in a later `.ci/run`, a slower EPYC without AVX-512 (110 tokens/s) | 160 (~1,040) | 13.4 min | 3.90 -> 0.98 | 36.56 | 0.32 | 0.63 | about 29.6 min |
-| the same in this session's `.ci/run` (commit 1efc27d, logits at targets only), Intel Xeon 2.80GHz | 160 (~1,040) | 8.6 min | 3.90 -> 0.99 | 33.54 | 0.29 | 0.63 | 18.7 min |
+| the same in this session's `.ci/run` (commit 1efc27d, logits at targets only), Intel Xeon 2.80GHz | 160 (~1,040) | 7.2 min | 3.90 -> 0.99 | 33.54 | 0.29 | 0.63 | 16.0 min |
 | these settings, --config.train.num_steps=220 | 220 (~1,450) | 12.7 min | 3.90 -> 1.10 | 36.45 | 0.31 | 0.65 | 22 min 41 s |
 | --config.train.num_steps=300 --config.decode.max_new_tokens=80 | 300 (~1,950) | 16.4 min | 3.90 -> 0.92 | 38.87 | 0.33 | 0.61 | 26 min 28 s |
 | --config.train.num_steps=400 --config.decode.max_new_tokens=80, 192 dev sequences | 400 (~2,600) | 24 min | 4.07 -> 1.01 | 39.17 | 0.33 | 0.59 | 35 min (cores shared) |

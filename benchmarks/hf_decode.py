@@ -41,11 +41,9 @@ def sources(config, rows: int) -> tuple[np.ndarray, np.ndarray]:
     return decode.pad_rows(prompts)
 
 
-def _jax_runners(config, tokens, mask, new_tokens) -> tuple[dict, float]:
+def _jax_runners(exp, params, tokens, mask, new_tokens) -> tuple[dict, float]:
     """The timed decoders, and the seconds one pass over the base's weights takes (read and
     summed): a lower bound on a batch-1 step, which reads every weight once."""
-    exp, state = train.create(config)
-    params = state.params
     read = jax.jit(lambda base: sum(jax.numpy.sum(x) for x in jax.tree.leaves(base)))
     jax.block_until_ready(read(params["base"]))
     weights_read = common.interleaved_medians({"read": lambda: read(params["base"])}, 5)["read"]
@@ -61,13 +59,18 @@ def _jax_runners(config, tokens, mask, new_tokens) -> tuple[dict, float]:
     return runners, weights_read
 
 
-def _torch_runners(config, tokens, mask, new_tokens) -> tuple[dict, bool]:
-    """The timed Hugging Face decoders, and whether PEFT's generate applies the prefix."""
+def _hf_peft_model(config):
     import torch
 
     torch.manual_seed(0)
     torch.set_num_threads(peft_torch.threads())
-    with_prefix = default_job.peft_model(config).eval()
+    return default_job.peft_model(config).eval()
+
+
+def _torch_runners(with_prefix, tokens, mask, new_tokens) -> tuple[dict, bool]:
+    """The timed Hugging Face decoders, and whether PEFT's generate applies the prefix."""
+    import torch
+
     ids, attention = torch.tensor(np.asarray(tokens, np.int64)), torch.tensor(np.asarray(mask, np.int64))
 
     def generate(net, n):
@@ -105,12 +108,14 @@ def _without_adapter(net, generate, n):
 def benchmark(size: str, repetitions: int, batch_sizes: tuple = BATCH_SIZES) -> dict:
     config = default_job.job_config(size)
     short, long = NEW_TOKENS["toy" if size == "toy" else "smollm2"]
+    exp, state = train.create(config)  # Both models loaded once, for every batch size.
+    with_prefix = _hf_peft_model(config)
     rows = {}
     for batch in batch_sizes:
         tokens, mask = sources(config, batch)
-        jax_runners, weights_read = _jax_runners(config, tokens, mask, (short, long))
+        jax_runners, weights_read = _jax_runners(exp, state.params, tokens, mask, (short, long))
         seconds = common.interleaved_medians(jax_runners, repetitions)
-        torch_runners, applied = _torch_runners(config, tokens, mask, (short, long))
+        torch_runners, applied = _torch_runners(with_prefix, tokens, mask, (short, long))
         seconds.update(common.interleaved_medians(torch_runners, repetitions))
         latency = {name: (seconds[(name, long)] - seconds[(name, short)]) / (long - short)
                    for name in (OURS, OURS_BASE, HF, HF_BASE)}

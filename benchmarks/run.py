@@ -60,10 +60,7 @@ def run_suite(suite: str, *, size: str, sections, repetitions: int, steps: int, 
         "hf_decode": lambda: hf_decode.benchmark(size, max(3, repetitions // 2)),
     }
     for section in sections:
-        if section == "peft_torch" and not peft_torch.available():
-            results["sections"][section] = {"skipped": "torch, transformers or peft is not installed ([parity] extra)."}
-            continue
-        if section in ("default_job", "hf_decode") and not peft_torch.available():
+        if section in ("peft_torch", "default_job", "hf_decode") and not peft_torch.available():
             results["sections"][section] = {"skipped": "torch, transformers or peft is not installed ([parity] extra)."}
             continue
         if section in ("default_job", "hf_decode") and not default_job.available(size):

@@ -161,8 +161,9 @@ def _compare_run(run: Run, meta: dict, step: int) -> None:
     if saved is None:
         logging.warning("%s records no run settings (an older checkpoint); they are not compared.", where)
         return
+    saved = {**ADDED_RUN_FIELDS, **saved}
     changed = [f"{field} is {now[field]!r} here but {saved.get(field)!r} in the checkpoint's run"
-               for field in RUN_FIELDS if saved.get(field, ADDED_RUN_FIELDS.get(field)) != now[field]]
+               for field in RUN_FIELDS if saved.get(field) != now[field]]
     if changed:
         raise checkpoint.CheckpointMismatchError(
             f"Cannot resume {where}: {'; '.join(changed)}; rerun with the checkpoint's values "

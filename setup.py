@@ -12,6 +12,7 @@ setuptools.setup(
     python_requires=">=3.10",
     install_requires=[
         "absl-py>=2.1",
+        "aiohttp>=3.9",  # The prefix server (prefix_jax.server): HTTP, server-sent events, graceful shutdown.
         "flax>=0.12",
         "gguf>=0.10",  # llama.cpp's GGUF reader and dequantizers (prefix_jax.gguf_file).
         "jax>=0.10",

@@ -141,6 +141,17 @@ def base_config(arg=None) -> ml_collections.ConfigDict:
             seed=0,  # sample only
         )
     )
+    # `serve` (prefix_jax/server.py): one frozen model, many tasks' prefixes, continuous batching.
+    # The KV cache holds model.max_len positions a row (prompt + generated tokens).
+    config.serve = ml_collections.ConfigDict(
+        dict(
+            rows=16,  # requests decoded together (KV-cache rows); more wait in the queue
+            max_queue=256,  # waiting requests beyond this are refused (429)
+            max_tokens=256,  # the most new tokens one request may ask for
+            task_slots=8,  # prefix bank size; loading a task into a free slot compiles nothing
+            grace_seconds=30.0,  # on SIGTERM/SIGINT, in-flight requests get this long to finish
+        )
+    )
     # Device mesh (-1: all remaining devices) and the logical-axis -> mesh-axis rules.
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     config.sharding = ml_collections.ConfigDict(dict(rules=sharding.DEFAULT_RULES))

@@ -83,15 +83,19 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, train_data: bool =
     mesh = sharding.make_mesh(config.mesh.to_dict())
     sharding.check_batch_size(config.train.batch_size, mesh)
     exp, state = create(config, mesh=mesh)
-    trainable_params, frozen_params = trainable.partition(state.params, exp.labels)
-    fingerprint = checkpoint.fingerprint(
-        model_config=exp.model.config, spec=exp.spec, mode=config.train.mode,
-        top_k=config.train.top_k, frozen=frozen_params, trainable=trainable_params,
-    )
     checkpointer = checkpoint.Checkpointer(
         workdir, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save
     )
-    return Run(config, exp, state, train_batches, dev_batches, checkpointer, fingerprint)
+    return Run(config, exp, state, train_batches, dev_batches, checkpointer, fingerprint(config, exp, state))
+
+
+def fingerprint(config: ml_collections.ConfigDict, exp: Experiment, state: TrainState) -> dict:
+    """What this run's checkpoints must match to be restored (`checkpoint.fingerprint`)."""
+    trainable_params, frozen_params = trainable.partition(state.params, exp.labels)
+    return checkpoint.fingerprint(
+        model_config=exp.model.config, spec=exp.spec, mode=config.train.mode,
+        top_k=config.train.top_k, frozen=frozen_params, trainable=trainable_params,
+    )
 
 
 def _check_packing(config: ml_collections.ConfigDict) -> None:

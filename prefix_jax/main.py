@@ -1,4 +1,5 @@
-"""Entry point: `python -m prefix_jax.main [train|eval|decode|export|import|export_base] --config=FILE --workdir=DIR [--config.x=y]`.
+"""Entry point: `python -m prefix_jax.main [train|eval|decode|export|import|export_base] --config=FILE --workdir=DIR [--config.x=y]`,
+or `python -m prefix_jax.main serve --config=FILE --prefixes=NAME=PATH,... [--host=H] [--port=P]`.
 
 Kept thin on purpose: flags in, library call out (tests call the same functions).
 `train` (the default) resumes from the workdir's latest checkpoint if there is one;
@@ -6,7 +7,8 @@ Kept thin on purpose: flags in, library call out (tests call the same functions)
 (greedy, beam search or sampling; `config.decode`) for every dev input; `export
 --out=DIR` writes the best checkpoint's prefix as a PEFT adapter; `import
 --adapter=DIR` makes a PEFT adapter the best checkpoint of a new workdir; `export_base
---out=DIR` ships a full-training run as a base-model directory (pretrain.py).
+--out=DIR` ships a full-training run as a base-model directory (pretrain.py); `serve`
+answers OpenAI-style completions for many tasks' prefixes at once (server.py).
 
 Bad input (a flag, a config value, a data file, a checkpoint: `errors.UserError`) ends
 the process with its one-line message and exit status 1, and a preempted run
@@ -22,7 +24,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from prefix_jax import errors, interop, loop, preemption, pretrain, sharding
+from prefix_jax import errors, interop, loop, preemption, pretrain, server, sharding
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard events and summaries go here.")
@@ -33,7 +35,10 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Processes in a multi-
 _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index (with --coordinator_address).")
 _OUT = flags.DEFINE_string("out", None, "export: the PEFT adapter directory; export_base: the base-model directory.")
 _ADAPTER = flags.DEFINE_string("adapter", None, "import: the PEFT adapter directory to read.")
-flags.mark_flags_as_required(["config", "workdir"])
+_PREFIXES = flags.DEFINE_string("prefixes", "", "serve: the tasks, NAME=PATH,... (PATH: a workdir or a PEFT adapter).")
+_HOST = flags.DEFINE_string("host", "127.0.0.1", "serve: the address to listen on.")
+_PORT = flags.DEFINE_integer("port", 8000, "serve: the port (0: any free one; the server prints it).")
+flags.mark_flags_as_required(["config"])
 
 
 def _with_flag(function, flag):
@@ -52,6 +57,7 @@ COMMANDS = {
     "export": _with_flag(interop.export_best, _OUT),
     "import": _with_flag(interop.import_adapter, _ADAPTER),
     "export_base": _with_flag(pretrain.export_base, _OUT),
+    "serve": lambda config, workdir: server.serve(config, _PREFIXES.value, _HOST.value, _PORT.value),
 }
 
 
@@ -59,6 +65,8 @@ def main(argv):
     if len(argv) > 2 or (len(argv) == 2 and argv[1] not in COMMANDS):
         raise app.UsageError(f"Expected one command out of {sorted(COMMANDS)}, got {argv[1:]}.")
     command = argv[1] if len(argv) == 2 else "train"
+    if command != "serve" and not _WORKDIR.value:
+        raise app.UsageError(f"{command} needs --workdir.")
     sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     logging.set_verbosity(logging.INFO)
     # Orbax narrates every checkpoint at INFO; keep its warnings, drop the chatter.

@@ -188,11 +188,15 @@ def test_sampling(config, model, base_params):
 
 def test_filter_logits_top_k_and_top_p():
     logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
-    kept = lambda **kw: np.isfinite(np.asarray(decode.search._filter_logits(logits, decode.Options(**kw))))[0].tolist()
+    kept = lambda top_k=0, top_p=None: np.isfinite(np.asarray(decode.search.filter_logits(logits, 1.0, top_k, top_p)))[0].tolist()
     assert kept(top_k=2) == [True, True, False, False]
     assert kept(top_p=0.8) == [True, True, False, False]  # 0.5 + 0.3 reaches 0.8.
     assert kept(top_p=0.81) == [True, True, True, False]
     assert kept(top_p=1.0) == [True] * 4
+    # Per-row values (a server's requests): each row filtered by its own top_p and temperature.
+    rows = decode.search.filter_logits(jnp.concatenate([logits] * 2), jnp.array([1.0, 2.0]), 0, jnp.array([0.8, 1.0]))
+    assert np.isfinite(np.asarray(rows)).tolist() == [[True, True, False, False], [True] * 4]
+    np.testing.assert_allclose(rows[1], logits[0] / 2, rtol=1e-6)
 
 
 def test_options_reject_bad_values():

@@ -86,16 +86,19 @@ def _ngram_bans(generated, t, size: int, vocab_size: int):
     return jnp.zeros((rows, vocab_size), bool).at[jnp.arange(rows)[:, None], following].max(match)
 
 
-def _filter_logits(logits, options: Options):
-    """Temperature, then top-k, then top-p (nucleus) filtering; removed tokens get -inf."""
-    logits = logits.astype(jnp.float32) / options.temperature
-    if options.top_k:
-        kth = jax.lax.top_k(logits, min(options.top_k, logits.shape[-1]))[0][:, -1:]
+def filter_logits(logits, temperature, top_k: int = 0, top_p=None):
+    """Temperature, then top-k, then top-p (nucleus) filtering; removed tokens get -inf.
+
+    temperature, top_p: floats, or [rows] arrays (each row its own, as a server's requests);
+    top_p None: no nucleus filter (skips the sort)."""
+    logits = logits.astype(jnp.float32) / jnp.reshape(temperature, (-1, 1))
+    if top_k:
+        kth = jax.lax.top_k(logits, min(top_k, logits.shape[-1]))[0][:, -1:]
         logits = jnp.where(logits < kth, -jnp.inf, logits)
-    if options.top_p < 1:
+    if top_p is not None:
         ordered = jnp.sort(logits, axis=-1)[:, ::-1]
         probs = jax.nn.softmax(ordered, axis=-1)
-        kept = jnp.cumsum(probs, axis=-1) - probs < options.top_p  # Mass before a token < p.
+        kept = jnp.cumsum(probs, axis=-1) - probs < jnp.reshape(top_p, (-1, 1))  # Mass before a token < p.
         threshold = jnp.min(jnp.where(kept, ordered, jnp.inf), axis=-1, keepdims=True)
         logits = jnp.where(logits < threshold, -jnp.inf, logits)
     return logits
@@ -108,7 +111,8 @@ def _greedy_or_sample(step, logits, cache, options, eos_id, rng):
         logits = jnp.where(_ngram_bans(generated, t, options.no_repeat_ngram_size, logits.shape[-1]), -jnp.inf, logits)
         if options.strategy == "greedy":
             return jnp.argmax(logits, axis=-1)
-        return jax.random.categorical(jax.random.fold_in(rng, t), _filter_logits(logits, options), axis=-1)
+        return jax.random.categorical(jax.random.fold_in(rng, t), filter_logits(
+            logits, options.temperature, options.top_k, options.top_p if options.top_p < 1 else None), axis=-1)
 
     def body(carry):
         t, logits, cache, generated, done = carry

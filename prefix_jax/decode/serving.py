@@ -112,8 +112,8 @@ def _check_fits(served: dict, geometry: prefix_lib.Geometry) -> None:
             raise ValueError(f"Served prefix {name!r} has {what} = {got} but the model has {want}; serve it for this model.")
 
 
-def _select(served: dict, task_ids) -> dict:
-    """Each row's task's prefix (leading axis: rows instead of tasks)."""
+def select(served: dict, task_ids) -> dict:
+    """Each row's task's prefix (leading axis: rows instead of tasks); jit-safe, unchecked (`route` checks)."""
     return {name: value[:, task_ids] if name in ("key", "value") else value[task_ids] for name, value in served.items()}
 
 
@@ -135,7 +135,7 @@ def route(served: dict, task_ids, batch: int, geometry) -> dict:
     unknown = sorted(set(task_ids[(task_ids < 0) | (task_ids >= num_tasks(served))].tolist()))
     if unknown:
         raise ValueError(f"Unknown task ids {unknown}: the prefix bank holds tasks 0..{num_tasks(served) - 1}.")
-    return _select(served, jnp.asarray(task_ids))
+    return select(served, jnp.asarray(task_ids))
 
 
 def check_length(source_len: int, new_tokens: int, infix_len: int, max_len: int) -> None:

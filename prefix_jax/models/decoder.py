@@ -198,9 +198,10 @@ class DecoderOnly(nn.Module):
                     prefix_queries=None, prompt=None, last_only=False):
         """Runs `tokens` at cache slots `index`.. (after `prompt` rows, if given); jit-safe.
 
-        tokens, positions: [rows, q]. cache: `layers.empty_cache(...)`. cache_valid: [rows,
-        cache_len] bool, False for padding; slots after a query are masked causally whatever
-        it says. prefix: None or one {"key", "value"} [groups, n, kv_heads, head_dim] (or None)
+        tokens, positions: [rows, q]. cache: `layers.empty_cache(...)`; index: an int, or [rows]
+        ints (each row at its own slot, `layers.write_cache`; the cache may have more rows, the
+        first `rows` are used). cache_valid: [rows, cache_len] bool, False for padding; slots
+        after a query are masked causally whatever it says. prefix: None or one {"key", "value"} [groups, n, kv_heads, head_dim] (or None)
         per layer, already K/V, with prefix_valid [groups, n]; groups divide rows.
         prefix_queries: [rows, q] bool, the queries that see the prefix (an infix). prompt:
         [groups, n_prompt, embed] soft tokens, given only on the call that fills the cache's
@@ -218,9 +219,9 @@ class DecoderOnly(nn.Module):
             positions = jnp.concatenate([jnp.zeros((rows, num_prompt), positions.dtype), positions], axis=1)
         prefix = self._check_num_layers(prefix)
         cache_len = cache[0]["key"].shape[1]
-        slots = index + jnp.arange(num_prompt + q)  # The queries' cache slots.
-        mask = (jnp.arange(cache_len)[None, :] <= slots[:, None])[None, None] & cache_valid[:, None, None, :]
-        mask = jnp.broadcast_to(mask, (rows, 1, num_prompt + q, cache_len))
+        slots = jnp.asarray(index)[..., None] + jnp.arange(num_prompt + q)  # The queries' cache slots.
+        slots = jnp.broadcast_to(slots, (rows, num_prompt + q))
+        mask = (jnp.arange(cache_len) <= slots[:, :, None])[:, None] & cache_valid[:, None, None, :]
         n = _prefix_length(prefix)
         if any(entry is not None for entry in prefix):
             columns = layers.prefix_columns(prefix_valid, n, rows, num_prompt + q, prefix_queries)

@@ -142,12 +142,20 @@ def attend(query: Array, key: Array, value: Array, mask: Array, prefix=None, *, 
 
 def write_cache(cache: dict, key: Array, value: Array, index) -> dict:
     """Writes keys/values [rows, q, kv_heads, head_dim] at slots index.. of a cache
-    {"key", "value": [rows, cache_len, kv_heads, head_dim], ...}."""
+    {"key", "value": [cache_rows, cache_len, kv_heads, head_dim], ...}.
+
+    index: an int (every row at the same slots; cache_rows == rows), or [rows] ints, row r
+    at slots index[r].. of cache row r (continuous batching: each row at its own length;
+    the cache may hold more rows than are fed, the first `rows` are written).
+    """
     new = {"key": key, "value": value}
-    return dict(cache) | {
-        name: jax.lax.dynamic_update_slice_in_dim(cache[name], new[name].astype(cache[name].dtype), index, axis=1)
-        for name in new
-    }
+    if jnp.ndim(index) == 0:
+        write = lambda old, x: jax.lax.dynamic_update_slice_in_dim(old, x, index, axis=1)
+    else:
+        rows, q = key.shape[:2]
+        slots = jnp.asarray(index)[:, None] + jnp.arange(q)[None]
+        write = lambda old, x: old.at[jnp.arange(rows)[:, None], slots].set(x, mode="promise_in_bounds")
+    return dict(cache) | {name: write(cache[name], new[name].astype(cache[name].dtype)) for name in new}
 
 
 def empty_cache(geometry: Geometry, rows: int, length: int, dtype) -> tuple:
@@ -201,7 +209,8 @@ class Attention(nn.Module):
         x: [rows, q, embed]; mask: [rows, 1, q, n + kv_len]; positions: [rows, q] (RoPE only).
         Self-attention by default; `memory` ([rows, k, embed], or its precomputed (K, V)) makes
         it cross-attention. With `cache` (see `empty_cache`) x's keys/values are written at
-        slots index.. and the queries attend over the whole cache (the mask hides the rest).
+        slots index.. (see `write_cache`) and the queries attend over the cache's first rows
+        rows (the mask hides the rest).
         """
         query = self._rotate(self.query(x), positions)
         if memory is None:
@@ -212,7 +221,7 @@ class Attention(nn.Module):
             key, value = self.key_value(memory)
         if cache is not None:
             cache = write_cache(cache, key, value, index)
-            key, value = cache["key"], cache["value"]
+            key, value = cache["key"][: x.shape[0]], cache["value"][: x.shape[0]]
         dropout = lambda w: self.attn_dropout(w, deterministic=deterministic)
         out = attend(query, key, value, mask, prefix, dtype=self.dtype, dropout=dropout)
         out = self.resid_dropout(self.out(out), deterministic=deterministic)

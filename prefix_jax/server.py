@@ -7,8 +7,9 @@ adapter directory (what `export` writes; any length). The endpoints follow OpenA
 completions API, `model` naming the task:
 
   POST   /v1/completions     {"model", "prompt", "max_tokens", "temperature", "top_p", "stop",
-                              "stream", "seed"}; the prompt is the task's source (WebNLG's
-                              linearised triples, ...), encoded as in training
+                              "stream", "seed", "ignore_eos" (vLLM's extension)}; the prompt is
+                              the task's source (WebNLG's linearised triples, ...), encoded as
+                              in training
   GET    /v1/models          the loaded tasks
   POST   /v1/models          {"model": NAME, "path": PATH}: load a task, no restart
   DELETE /v1/models/NAME     unload it (its running requests finish first)
@@ -237,6 +238,7 @@ class Server:
         top_p = _field(body, "top_p", float, 1.0, lambda v: 0 < v <= 1, "a number in (0, 1]")
         seed = _field(body, "seed", int, 0, lambda v: 0 <= v < 2**31, "an integer from 0 to 2**31 - 1")
         stream = _field(body, "stream", bool, False)
+        ignore_eos = _field(body, "ignore_eos", bool, False)
         ids = pipeline.encode_source(self.tokenizer, prompt)
         room = self.engine.max_len - max_tokens
         if len(ids) > self.engine.max_len - 1:
@@ -246,16 +248,17 @@ class Server:
             raise RequestError(400, f"The prompt's {len(ids)} tokens + max_tokens {max_tokens} exceed model.max_len "
                                     f"{self.engine.max_len}; ask for at most {self.engine.max_len - len(ids)}.",
                                "max_tokens")
-        return task, ids, max_tokens, temperature, top_p, seed, stop, stream
+        sampling = dict(temperature=temperature, top_p=top_p, seed=seed, ignore_eos=ignore_eos)
+        return task, ids, max_tokens, sampling, stop, stream
 
     async def completions(self, request) -> web.StreamResponse:
         try:
-            task, ids, max_tokens, temperature, top_p, seed, stop, stream = self._parse(await self._json(request))
+            task, ids, max_tokens, sampling, stop, stream = self._parse(await self._json(request))
             events: asyncio.Queue = asyncio.Queue()
             loop_ = asyncio.get_running_loop()
             job = engine_lib.Request(
                 task, ids, max_tokens, lambda token, finish: loop_.call_soon_threadsafe(events.put_nowait, (token, finish)),
-                temperature=temperature, top_p=top_p, seed=seed,
+                **sampling,
             )
             try:
                 self.engine.submit(job)

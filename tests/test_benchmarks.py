@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from benchmarks import common, decode, default_job, hf_decode, isolated, peft_torch, remat, run, scaling, sizes, train_step
+from benchmarks import common, decode, default_job, hf_decode, isolated, peft_torch, remat, run, scaling, serve, sizes, train_step
 
 MEMORY_KEYS = {"baseline_bytes", "peak_bytes", "train_bytes"}
 
@@ -109,6 +109,25 @@ def test_hf_decode_schema():
         assert positive(*rows[name]["call_seconds"].values())
     assert hf_decode.to_markdown(results).count("\n|") == 4 + 2
     assert "decode batch 2: prefix_jax vs HF + PEFT per-token speed" in run.headline({"sections": {"hf_decode": results}})
+
+
+def test_serve_schema():
+    """The server in a subprocess under a mixed load and a grouped one; batch-1 latency against
+    Hugging Face + PEFT where torch is installed."""
+    results = serve.benchmark("toy", repetitions=1, task_counts=(1, 2))
+    loads = results["loads"]
+    assert set(loads) == {"mixed, 1 task(s)", "mixed, 2 task(s)", "one task at a time, 2 tasks"}
+    for row in loads.values():
+        assert row["requests"] == 16 and row["tokens"] == 16 * 8  # ignore_eos: every request its max_tokens.
+        assert positive(row["tokens_per_second"], row["p50_seconds"]) and row["p99_seconds"] >= row["p50_seconds"]
+    assert loads["mixed, 1 task(s)"]["throughput_vs_single_task"] == 1.0
+    assert positive(results["batch1"]["server_per_token_seconds"])
+    ratios = run.headline({"sections": {"serve": results}})
+    assert set(ratios) >= {"serve: mixed, 2 task(s) vs one task, tokens/s", "serve: one task at a time, 2 tasks vs one task, tokens/s"}
+    if peft_torch.available():
+        assert positive(results["batch1"]["latency_vs_hf_peft"])
+        assert "serve batch 1: server vs HF + PEFT per-token speed" in ratios
+    assert serve.to_markdown(results).count("\n|") == 3 + 2
 
 
 def test_remat_schema():

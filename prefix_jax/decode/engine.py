@@ -49,6 +49,7 @@ class Request:
     temperature: float = 0.0  # 0: greedy.
     top_p: float = 1.0
     seed: int = 0
+    ignore_eos: bool = False  # Generate max_tokens whatever comes (benchmarks: equal work per request).
     cancelled: bool = False
     # Set by the engine: which row and task slot serve it, how many tokens it has.
     row: Optional[int] = None
@@ -322,7 +323,7 @@ class Engine:
         request.generated += 1
         self._state["token"][request.row] = token
         self._state["count"][request.row] = request.generated
-        if token == self.eos_id:
+        if token == self.eos_id and not request.ignore_eos:
             return self._finish(request, "stop")
         self.stats.update(tokens=1)
         request.emit(token, None)

@@ -12,16 +12,14 @@ same number of tokens:
   one task at a time   the same requests grouped by task, a group at a time (what a server
                        without per-row prefixes must do: one task's requests per batch)
 
-Throughput: generated tokens / wall time of the whole load. Latency: each request's
-end-to-end time, p50 and p99. Batch 1: one streamed request alone, the median gap between
+Throughput: generated tokens / wall time of the whole load, the median of interleaved
+rounds. Latency: each request's end-to-end time, p50 and p99 over every round. Batch 1: one streamed request alone, the median gap between
 its tokens, against the per-token slope of Hugging Face `generate` with a PEFT prefix
 (hf_decode.py's measurement, batch 1, same process). A warm-up load compiles every shape first.
 """
 
 import asyncio
 import os
-import subprocess
-import sys
 import tempfile
 import time
 
@@ -30,7 +28,7 @@ import jax
 import numpy as np
 
 from benchmarks import common, default_job, hf_decode, peft_torch
-from prefix_jax import loop, peft_adapter, train
+from prefix_jax import loop, peft_adapter, server, train
 from prefix_jax import prefix as prefix_lib
 from prefix_jax.models import families
 
@@ -59,27 +57,6 @@ def write_adapters(config, count: int, directory: str) -> dict:
     return paths
 
 
-class Server:
-    """The server in a subprocess; its stderr goes to a file beside the adapters."""
-
-    def __init__(self, size: str, prefixes: dict, rows: int, log: str):
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "prefix_jax.main", "serve", f"--config={CONFIG_FILES[_preset(size)]}",
-             "--prefixes=" + ",".join(f"{k}={v}" for k, v in prefixes.items()), "--port=0",
-             f"--config.serve.rows={rows}", "--config.serve.max_queue=4096"],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=open(log, "w"), text=True,
-        )
-        for line in self.process.stdout:
-            if line.startswith("Serving"):
-                self.url = line.split(" on ")[1].strip()
-                return
-        raise RuntimeError(f"The server did not start; see {log}.")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(120)
-
-
 async def _complete(session, url: str, body: dict) -> tuple[float, int]:
     start = time.perf_counter()
     async with session.post(url + "/v1/completions", json=body) as response:
@@ -104,10 +81,20 @@ async def _load(url: str, bodies: list, concurrency: int) -> tuple[list, float]:
     return results, time.perf_counter() - start
 
 
-def _summary(results: list, wall: float) -> dict:
-    latencies, tokens = np.array([seconds for seconds, _ in results]), sum(n for _, n in results)
-    return {"requests": len(results), "tokens": tokens, "wall_seconds": wall, "tokens_per_second": tokens / wall,
+def _summary(rounds: list) -> dict:
+    """rounds: [(every request's (seconds, tokens), wall)] of one load; the median round's
+    throughput, latency percentiles over every round's requests."""
+    latencies = np.array([seconds for results, _ in rounds for seconds, _ in results])
+    speeds = [sum(n for _, n in results) / wall for results, wall in rounds]
+    return {"requests": len(rounds[0][0]), "tokens": sum(n for _, n in rounds[0][0]), "rounds": len(rounds),
+            "tokens_per_second": float(np.median(speeds)), "tokens_per_second_rounds": speeds,
             "p50_seconds": float(np.percentile(latencies, 50)), "p99_seconds": float(np.percentile(latencies, 99))}
+
+
+def _run_load(url: str, groups: list, concurrency: int) -> tuple[list, float]:
+    """Groups one after another (one task at a time), or one group (a mixed stream)."""
+    runs = [asyncio.run(_load(url, group, concurrency)) for group in groups]
+    return [r for results, _ in runs for r in results], sum(wall for _, wall in runs)
 
 
 async def _token_gaps(url: str, body: dict) -> list:
@@ -138,25 +125,30 @@ def benchmark(size: str, repetitions: int, task_counts: tuple = TASK_COUNTS) -> 
     prompts = (prompts * s["requests"])[: s["requests"]]
     body = lambda task, prompt: {"model": task, "prompt": prompt, "max_tokens": s["max_tokens"], "temperature": 0,
                                  "ignore_eos": True}
-    loads = {}
     with tempfile.TemporaryDirectory() as directory:
         adapters = write_adapters(config, max(task_counts), directory)
-        server = Server(size, adapters, s["rows"], os.path.join(directory, "server.log"))
+        process, url = server.launch(CONFIG_FILES[preset], adapters, {"serve.rows": s["rows"], "serve.max_queue": 4096},
+                                     os.path.join(directory, "server.log"), cwd=ROOT)
         try:
             names = sorted(adapters, key=lambda n: int(n[4:]))
             warm = [body(names[i % len(names)], p) for i, p in enumerate(prompts)]
-            asyncio.run(_load(server.url, warm, s["rows"]))  # Compiles every prefill width and step size.
+            asyncio.run(_load(url, warm, s["rows"]))  # Compiles every prefill width and step size.
+            plans = {}
             for count in task_counts:
                 mixed = [body(names[i % count], p) for i, p in enumerate(prompts)]
-                loads[f"mixed, {count} task(s)"] = _summary(*asyncio.run(_load(server.url, mixed, s["rows"])))
+                plans[f"mixed, {count} task(s)"] = [mixed]
                 if count > 1:  # A group per task, one after another, each as concurrent as it can be.
-                    groups = [asyncio.run(_load(server.url, [b for b in mixed if b["model"] == names[t]], s["rows"]))
-                              for t in range(count)]
-                    loads[f"one task at a time, {count} tasks"] = _summary(
-                        [r for results, _ in groups for r in results], sum(wall for _, wall in groups))
-            gaps = asyncio.run(_token_gaps(server.url, body(names[0], prompts[0]) | {"max_tokens": 48}))
+                    plans[f"one task at a time, {count} tasks"] = [
+                        [b for b in mixed if b["model"] == names[t]] for t in range(count)]
+            rounds = {name: [] for name in plans}
+            for _ in range(repetitions):  # Interleaved rounds: a load change hits every plan alike.
+                for name, groups in plans.items():
+                    rounds[name].append(_run_load(url, groups, s["rows"]))
+            loads = {name: _summary(runs) for name, runs in rounds.items()}
+            gaps = asyncio.run(_token_gaps(url, body(names[0], prompts[0]) | {"max_tokens": 48}))
         finally:
-            server.stop()
+            process.terminate()
+            process.wait(120)
     single = loads["mixed, 1 task(s)"]["tokens_per_second"]
     for row in loads.values():
         row["throughput_vs_single_task"] = row["tokens_per_second"] / single
@@ -177,7 +169,7 @@ def to_markdown(results: dict) -> str:
         f"The server on base {results['base_weights']}, kv prefixes of length {results['prefix_length']}, "
         f"{results['rows']} rows; {results['requests']} requests of {results['max_tokens']} greedy tokens each "
         f"(ignore_eos), {results['rows']} concurrent clients over HTTP, {results['threads']} CPUs shared by server "
-        f"and clients.\n\n"
+        f"and clients; tokens/s: median of {next(iter(results['loads'].values()))['rounds']} interleaved rounds.\n\n"
         f"Batch 1, one streamed request alone: {1000 * b['server_per_token_seconds']:.1f} ms per token"
     )
     if "hf_peft_per_token_seconds" in b:

@@ -142,9 +142,9 @@ def base_config(arg=None) -> ml_collections.ConfigDict:
         )
     )
     # `serve` (prefix_jax/server.py): one frozen model, many tasks' prefixes, continuous batching.
-    # The KV cache holds model.max_len positions a row (prompt + generated tokens).
     config.serve = ml_collections.ConfigDict(
         dict(
+            max_len=512,  # positions a request may use, prompt + new tokens (each KV-cache row; <= model.max_len)
             rows=16,  # requests decoded together (KV-cache rows); more wait in the queue
             max_queue=256,  # waiting requests beyond this are refused (429)
             max_tokens=256,  # the most new tokens one request may ask for

@@ -27,6 +27,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 import uuid
 
@@ -145,7 +147,7 @@ class Server:
         self.max_tokens = c.max_tokens
         self.engine = engine_lib.Engine(
             loader.exp.model, loader.base_params, eos_id=tokenizer_lib.eos_id(tokenizer), rows=c.rows,
-            task_slots=c.task_slots, max_queue=c.max_queue,
+            task_slots=c.task_slots, max_queue=c.max_queue, max_len=c.max_len,
         )
         self.created = {}
 
@@ -243,9 +245,9 @@ class Server:
         room = self.engine.max_len - max_tokens
         if len(ids) > self.engine.max_len - 1:
             raise RequestError(413, f"The prompt is {len(ids)} tokens; the model takes at most "
-                                    f"{self.engine.max_len - 1} (model.max_len - 1).", "prompt")
+                                    f"{self.engine.max_len - 1} (serve.max_len - 1).", "prompt")
         if len(ids) > room:
-            raise RequestError(400, f"The prompt's {len(ids)} tokens + max_tokens {max_tokens} exceed model.max_len "
+            raise RequestError(400, f"The prompt's {len(ids)} tokens + max_tokens {max_tokens} exceed serve.max_len "
                                     f"{self.engine.max_len}; ask for at most {self.engine.max_len - len(ids)}.",
                                "max_tokens")
         sampling = dict(temperature=temperature, top_p=top_p, seed=seed, ignore_eos=ignore_eos)
@@ -336,6 +338,11 @@ def serve(config: ml_collections.ConfigDict, prefixes: str, host: str, port: int
     tasks = parse_prefixes(prefixes)
     if not tasks:
         raise errors.UserError("serve needs at least one task: --prefixes=NAME=PATH[,NAME=PATH...].")
+    c = config.serve
+    if not 2 <= c.max_len <= config.model.max_len:
+        raise errors.ConfigError(f"serve.max_len is {c.max_len}; it must be from 2 to model.max_len ({config.model.max_len}).")
+    if min(c.rows, c.max_queue, c.max_tokens, c.task_slots) < 1:
+        raise errors.ConfigError("serve.rows, serve.max_queue, serve.max_tokens and serve.task_slots must be >= 1.")
     tokenizer = tokenizer_lib.load(config.data.tokenizer)
     server = Server(config, PrefixLoader(config), tokenizer)
     for name, path in tasks.items():
@@ -343,3 +350,19 @@ def serve(config: ml_collections.ConfigDict, prefixes: str, host: str, port: int
     server.engine.start()
     asyncio.run(_serve(server, host, port, config.serve.grace_seconds))
     return {"served": sorted(tasks), "stats": dict(server.engine.stats)}
+
+
+def launch(config_file: str, prefixes: dict, overrides: dict, log: str, cwd: str = ".") -> tuple:
+    """Starts `serve` in a subprocess on a free port of 127.0.0.1 (stderr to the file `log`);
+    returns (the process, its URL) once it listens. For tests and benchmarks."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "prefix_jax.main", "serve", f"--config={config_file}", "--port=0",
+         "--prefixes=" + ",".join(f"{name}={path}" for name, path in prefixes.items()),
+         *(f"--config.{key}={value}" for key, value in overrides.items())],
+        cwd=cwd, stdout=subprocess.PIPE, stderr=open(log, "w"), text=True,
+    )
+    for line in process.stdout:
+        if line.startswith("Serving"):
+            return process, line.split(" on ")[1].strip()
+    process.wait()
+    raise RuntimeError(f"The server exited with status {process.returncode} before listening; see {log}.")

@@ -119,6 +119,7 @@ def test_serve_schema():
     assert set(loads) == {"mixed, 1 task(s)", "mixed, 2 task(s)", "one task at a time, 2 tasks"}
     for row in loads.values():
         assert row["requests"] == 16 and row["tokens"] == 16 * 8  # ignore_eos: every request its max_tokens.
+        assert row["rounds"] == 1 and row["tokens_per_second_rounds"] == [row["tokens_per_second"]]
         assert positive(row["tokens_per_second"], row["p50_seconds"]) and row["p99_seconds"] >= row["p50_seconds"]
     assert loads["mixed, 1 task(s)"]["throughput_vs_single_task"] == 1.0
     assert positive(results["batch1"]["server_per_token_seconds"])

@@ -68,18 +68,8 @@ class Served:
     """`python -m prefix_jax.main serve` in a subprocess, on the port it picked."""
 
     def __init__(self, prefixes: dict, log: str, **overrides):
-        flags = [f"--config.{key}={value}" for key, value in {**OVERRIDES, **overrides}.items()]
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "prefix_jax.main", "serve", f"--config={ROOT}/experiments/webnlg_small.py",
-             "--prefixes=" + ",".join(f"{k}={v}" for k, v in prefixes.items()), "--port=0", *flags],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=open(log, "w"), text=True,
-        )
-        self.log = log
-        for line in self.process.stdout:
-            if line.startswith("Serving"):
-                self.url = line.split(" on ")[1].strip()
-                return
-        raise AssertionError(f"The server did not start: {open(log).read()[-3000:]}")
+        self.process, self.url = server.launch(f"{ROOT}/experiments/webnlg_small.py", prefixes,
+                                               {**OVERRIDES, **overrides}, log, cwd=ROOT)
 
     def stop(self, timeout=60) -> int:
         if self.process.poll() is None:
@@ -268,3 +258,16 @@ def test_load_nothing_lost_or_mixed_up_and_queue_limit(tasks, tmp_path):
             assert answer["error"]["type"] == "rate_limit_error"
     assert last[2] and last[1] in ("stop", "length") and last[0].startswith(references["b", PROMPTS[2]])
     assert code == 0
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--prefixes=a"], "--prefixes entry 'a' is not NAME=PATH"),
+    (["--prefixes=a=x,a=y"], "names task 'a' twice"),
+    (["--prefixes="], "serve needs at least one task"),
+    (["--prefixes=a=x", "--config.serve.max_len=600"], "serve.max_len is 600; it must be from 2 to model.max_len (512)"),
+    (["--prefixes=a=/no/such/dir"], "/no/such/dir is neither a workdir"),
+])
+def test_bad_command_lines_fail_in_one_line(flags, message):
+    result = subprocess.run([sys.executable, "-m", "prefix_jax.main", "serve", "--config=experiments/webnlg_small.py",
+                             *flags], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and message in result.stderr.strip().splitlines()[-1], result.stderr[-2000:]

@@ -4,6 +4,7 @@ recomputation oracle the fast paths are tested against.
   search.py    greedy, sampling and beam search over any `step(rows, token, t)`
   cached.py    the KV-cache decoders: the family's prefill and step, driven by a search
   serving.py   a task's prefix in serving form, prefix banks, per-row routing, padding
+  engine.py    continuous batching: requests of many tasks join one running batch (the server's)
   oracle.py    greedy decoding by full recomputation (the reference)
 """
 

@@ -106,7 +106,8 @@ def _step(base_params, bank, cache, tokens, start, index, slots, sampling, *, mo
 
 
 class Engine:
-    """A running batch of `rows` requests over one frozen model and a bank of task prefixes."""
+    """A running batch of `rows` requests over one frozen model and a bank of task prefixes;
+    each request may use max_len positions (its KV-cache row; default the model's max_len)."""
 
     def __init__(self, model, base_params, *, eos_id: int, rows: int = 16, task_slots: int = 8,
                  max_queue: int = 256, max_len: Optional[int] = None):

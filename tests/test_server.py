@@ -10,7 +10,6 @@ import sys
 
 import aiohttp
 import jax
-import numpy as np
 import pytest
 
 from experiments import webnlg_small

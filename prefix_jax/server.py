@@ -36,7 +36,7 @@ import ml_collections
 from absl import logging
 from aiohttp import web
 
-from prefix_jax import checkpoint, errors, loop, peft_adapter, trainable
+from prefix_jax import checkpoint, errors, loop, peft_adapter, trainable, validation
 from prefix_jax.data import pipeline
 from prefix_jax.data import tokenizer as tokenizer_lib
 from prefix_jax.decode import engine as engine_lib
@@ -338,11 +338,7 @@ def serve(config: ml_collections.ConfigDict, prefixes: str, host: str, port: int
     tasks = parse_prefixes(prefixes)
     if not tasks:
         raise errors.UserError("serve needs at least one task: --prefixes=NAME=PATH[,NAME=PATH...].")
-    c = config.serve
-    if not 2 <= c.max_len <= config.model.max_len:
-        raise errors.ConfigError(f"serve.max_len is {c.max_len}; it must be from 2 to model.max_len ({config.model.max_len}).")
-    if min(c.rows, c.max_queue, c.max_tokens, c.task_slots) < 1:
-        raise errors.ConfigError("serve.rows, serve.max_queue, serve.max_tokens and serve.task_slots must be >= 1.")
+    validation.check(config, decoding=False, serving=True)
     tokenizer = tokenizer_lib.load(config.data.tokenizer)
     server = Server(config, PrefixLoader(config), tokenizer)
     for name, path in tasks.items():

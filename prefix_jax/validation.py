@@ -40,6 +40,11 @@ AT_LEAST = {
     "decode.beam_size": 1,
     "decode.top_k": 0,
     "decode.no_repeat_ngram_size": 0,
+    "serve.max_len": 2,  # A prompt token and a new one.
+    "serve.rows": 1,
+    "serve.max_queue": 1,
+    "serve.max_tokens": 1,
+    "serve.task_slots": 1,
 }
 
 # Float fields: (low, high, whether each end is allowed).
@@ -53,6 +58,7 @@ BETWEEN = {
     "decode.temperature": (0.0, math.inf, False, False),
     "decode.top_p": (0.0, 1.0, False, True),
     "decode.length_penalty": (-math.inf, math.inf, False, False),
+    "serve.grace_seconds": (0.0, math.inf, True, False),
 }
 
 
@@ -65,9 +71,10 @@ def _interval(low, high, low_in, high_in) -> str:
     return f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
 
 
-def problems(config: ml_collections.ConfigDict, *, decoding: bool) -> list[str]:
+def problems(config: ml_collections.ConfigDict, *, decoding: bool, serving: bool = False) -> list[str]:
     """Every out-of-range field of `config`, one sentence each (empty when all is well).
-    The decode section's bound on model.max_len applies only to commands that decode."""
+    The decode and serve sections' bounds on model.max_len apply only to the commands that
+    use them."""
     found = []
     for field, low in AT_LEAST.items():
         value = _value(config, field)
@@ -93,13 +100,15 @@ def problems(config: ml_collections.ConfigDict, *, decoding: bool) -> list[str]:
                 f"decode.max_new_tokens is {config.decode.max_new_tokens}; it must be < model.max_len ({max_len}), "
                 f"which holds the source and the new tokens"
             )
+    if serving and config.serve.max_len > max_len:
+        found.append(f"serve.max_len is {config.serve.max_len}; it must be <= model.max_len ({max_len})")
     for axis, size in config.mesh.items():
         if size != -1 and size < 1:
             found.append(f"mesh.{axis} is {size}; it must be >= 1, or -1 for all remaining devices")
     return found
 
 
-def check(config: ml_collections.ConfigDict, *, decoding: bool) -> None:
+def check(config: ml_collections.ConfigDict, *, decoding: bool, serving: bool = False) -> None:
     """Raises ConfigError naming every out-of-range field of `config`."""
-    if found := problems(config, decoding=decoding):
+    if found := problems(config, decoding=decoding, serving=serving):
         raise ConfigError("Config: " + "; ".join(found) + ".")

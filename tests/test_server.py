@@ -263,7 +263,8 @@ def test_load_nothing_lost_or_mixed_up_and_queue_limit(tasks, tmp_path):
     (["--prefixes=a"], "--prefixes entry 'a' is not NAME=PATH"),
     (["--prefixes=a=x,a=y"], "names task 'a' twice"),
     (["--prefixes="], "serve needs at least one task"),
-    (["--prefixes=a=x", "--config.serve.max_len=600"], "serve.max_len is 600; it must be from 2 to model.max_len (512)"),
+    (["--prefixes=a=x", "--config.serve.max_len=600"], "serve.max_len is 600; it must be <= model.max_len (512)"),
+    (["--prefixes=a=x", "--config.serve.rows=0"], "serve.rows is 0; it must be an integer >= 1"),
     (["--prefixes=a=/no/such/dir"], "/no/such/dir is neither a workdir"),
 ])
 def test_bad_command_lines_fail_in_one_line(flags, message):

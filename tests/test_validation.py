@@ -49,6 +49,8 @@ def _tiny(**overrides):
         ({"model.max_len": 100, "data.bucket_size": 128}, r"data.bucket_size is 128; it must be <= model.max_len \(100\)"),
         ({"data.pack_width": 2048}, r"data.pack_width is 2048; it must be <= model.max_len \(1024\)"),
         ({"mesh.data": 0}, "mesh.data is 0; it must be >= 1, or -1"),
+        ({"serve.task_slots": 0}, "serve.task_slots is 0; it must be an integer >= 1"),
+        ({"serve.grace_seconds": -1.0}, r"serve.grace_seconds is -1.0; it must be a finite number in \[0, inf\)"),
         ({"model.max_len": 96, "decode.max_new_tokens": 96, "decode.after_training": True},
          r"decode.max_new_tokens is 96; it must be < model.max_len \(96\)"),
     ],
@@ -70,6 +72,13 @@ def test_decode_bound_applies_to_commands_that_decode():
     config = _tiny(**{"model.max_len": 64})  # decode.max_new_tokens is 96: fine for training only.
     assert validation.problems(config, decoding=False) == []
     assert "decode.max_new_tokens" in validation.problems(config, decoding=True)[0]
+
+
+def test_serve_bound_applies_to_the_serve_command():
+    config = _tiny(**{"serve.max_len": 2048})  # Beyond model.max_len (1024): fine for training only.
+    assert validation.problems(config, decoding=True) == []
+    assert validation.problems(config, decoding=False, serving=True) == [
+        "serve.max_len is 2048; it must be <= model.max_len (1024)"]
 
 
 def test_a_run_whose_targets_do_not_fit_is_refused_before_training(tmp_path):

@@ -25,6 +25,7 @@ METHODS = {
     "infix": dict(prefix=dict(kind="infix")),
 }
 ADAPTERS = ("adapter-0.1", "adapter-3")
+SWEEP_KEYS = ("length", "size", "seed")  # A row's sweep point: prefix length, training inputs, seed.
 WHOLE_LAYERS = ("ft", "ft-top2")  # Methods that train whole pre-trained layers.
 
 
@@ -32,6 +33,22 @@ def check(method: str) -> str:
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}; give one of {sorted(METHODS)}.")
     return method
+
+
+def parse_row(arg: str) -> tuple[str, dict]:
+    """A row config's argument "METHOD[,key=value]..." -> (method, {key: int}); unknown methods or
+    keys are errors."""
+    method, *pairs = (arg or "").split(",")
+    check(method)
+    options = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if key not in SWEEP_KEYS or not value.isdigit():
+            raise ValueError(f"Bad option {pair!r} in {arg!r}; expected one of {SWEEP_KEYS} as key=<integer>.")
+        options[key] = int(value)
+    if "length" in options and not has_prefix(method):
+        raise ValueError(f"Method {method!r} has no prefix; length= does not apply.")
+    return method, options
 
 
 def has_prefix(method: str) -> bool:

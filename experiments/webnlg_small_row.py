@@ -40,26 +40,10 @@ from experiments import methods, webnlg_small
 EFFICIENT_LR, FT_LR = 2e-3, 5e-4
 ADAPTER_DIMS = {"adapter-0.1": 1, "adapter-3": 32}
 METHODS = methods.METHODS
-SWEEP_KEYS = ("length", "size", "seed")
-
-
-def parse_arg(arg: str) -> tuple[str, dict]:
-    """"METHOD[,key=value]..." -> (method, {key: int}); unknown methods or keys are errors."""
-    method, *pairs = (arg or "").split(",")
-    methods.check(method)
-    options = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        if key not in SWEEP_KEYS or not value.isdigit():
-            raise ValueError(f"Bad option {pair!r} in {arg!r}; expected one of {SWEEP_KEYS} as key=<integer>.")
-        options[key] = int(value)
-    if "length" in options and not methods.has_prefix(method):
-        raise ValueError(f"Method {method!r} has no prefix; length= does not apply.")
-    return method, options
 
 
 def get_config(arg=None):
-    method, options = parse_arg(arg)
+    method, options = methods.parse_row(arg)
     config = webnlg_small.get_config()
     methods.apply(config, method, ADAPTER_DIMS)
     config.train.lr = FT_LR if method in methods.WHOLE_LAYERS else EFFICIENT_LR

@@ -15,12 +15,7 @@ about 23-29 min per full-data run and 5 min per low-data run; reports/webnlg_sma
 the report, plots and per-run times.
 """
 
-import argparse
-import os
-import subprocess
-import sys
-
-from experiments import webnlg_small_row
+from experiments import table, webnlg_small_row
 
 CONFIG = "experiments/webnlg_small_row.py"
 LENGTHS = (1, 5, 10, 20, 40)
@@ -30,36 +25,14 @@ SEEDS = (0, 1, 2)
 
 def runs() -> dict[str, str]:
     """{run name: config argument}; the name is also the run's workdir under the root."""
-    table = {method: method for method in webnlg_small_row.METHODS}
+    rows = {method: method for method in webnlg_small_row.METHODS}
     lengths = {f"prefix-kv_length{n}": f"prefix-kv,length={n}" for n in LENGTHS if n != 10}  # 10: the table's row.
     sizes = {
         f"{method}_size{size}_seed{seed}": f"{method},size={size},seed={seed}"
         for method in ("prefix-kv", "ft") for size in SIZES for seed in SEEDS
     }
-    return {**table, **lengths, **sizes}
-
-
-def command(name: str, arg: str, root: str) -> list[str]:
-    return [sys.executable, "-m", "prefix_jax.main", f"--config={CONFIG}:{arg}", f"--workdir={os.path.join(root, name)}"]
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", default="workdir/webnlg_small_table", help="Each run's workdir is <root>/<name>.")
-    parser.add_argument("--run", action="store_true", help="Run the commands instead of printing them.")
-    parser.add_argument("--only", default="", help="Only the runs whose name starts with this.")
-    args = parser.parse_args(argv)
-    for name, arg in runs().items():
-        if not name.startswith(args.only):
-            continue
-        cmd = command(name, arg, args.root)
-        if not args.run:
-            print(" ".join(cmd))
-        elif os.path.exists(os.path.join(args.root, name, "summary.json")):
-            print(f"{name}: finished, skipped.")
-        else:
-            subprocess.run(cmd, check=True)
+    return {**rows, **lengths, **sizes}
 
 
 if __name__ == "__main__":
-    main()
+    table.main(None, doc=__doc__, config_file=CONFIG, runs=runs(), root="workdir/webnlg_small_table")

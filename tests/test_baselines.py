@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import webnlg_small_row
+from experiments import table, webnlg_small_row, webnlg_smollm2_row, webnlg_smollm2_table
 from prefix_jax import decode, peft_adapter, train, trainable
 from prefix_jax import prefix as prefix_lib
 from prefix_jax.models import gpt2, families, layers, adapters
@@ -190,13 +190,14 @@ def test_infix_needs_the_loss_mask_room_for_itself_and_no_peft(config, model, ba
 
 def trained_params(config) -> int:
     """How many numbers a run of `config` trains, from shapes alone (model, prefix and mode must fit)."""
-    model = gpt2.GPT2(train.model_config(config))
+    family = families.get(config.model.family)
+    model = family.make(train.model_config(config))
     spec = train.prefix_spec(config)
     params = {"base": jax.eval_shape(lambda key: families.init_params(model, key), jax.random.key(0))}
     if spec is not None:
         params["prefix"] = jax.eval_shape(lambda key: prefix_lib.init_random(spec, model.config.prefix_geometry, key), jax.random.key(0))
     labels = trainable.label_params(params, config.train.mode,
-                                    top_layers=train.top_layers(families.get("gpt2"), model.config, config.train))
+                                    top_layers=train.top_layers(family, model.config, config.train))
     return prefix_lib.num_params(trainable.partition(params, labels)[0])
 
 
@@ -207,6 +208,41 @@ def test_every_row_of_the_small_table_is_a_valid_setup(method):
     want = {"adapter-0.1": 0.0014, "adapter-3": 0.0307, "ft": 1.0, "emb-1": 0.00006, "emb-10": 0.0006}
     if method in want:
         assert share == pytest.approx(want[method], rel=0.05)
+
+
+@pytest.mark.parametrize("method", sorted(webnlg_smollm2_row.METHODS))
+def test_every_row_of_the_smollm2_table_is_a_valid_setup(method):
+    """SmolLM2 rows: each fits its model, and trains the share its docstring states."""
+    config = webnlg_smollm2_row.get_config(method)
+    trained = trained_params(config)
+    want = {"ft": 134_515_008, "ft-top2": 7_080_192, "adapter-0.1": 103_740, "adapter-3": 4_047_000,
+            "prefix-hidden": 172_800, "emb-1": 576, "emb-10": 5_760}
+    if method in want:
+        assert trained == want[method]
+    assert config.data.heldout_categories == webnlg_smollm2_row.HELDOUT_CATEGORIES
+
+
+def test_smollm2_low_data_rows_start_from_real_words():
+    config = webnlg_smollm2_row.get_config("prefix-kv,size=50,seed=1")
+    assert (config.data.num_train, config.train.seed, config.prefix.init, config.prefix.reparam_dim) == (50, 1, "words", 0)
+    assert config.prefix.length == len(webnlg_smollm2_row.TABLE_TO_TEXT)
+    assert webnlg_smollm2_row.get_config("ft,size=50").prefix.kind == "none"
+
+
+def test_the_smollm2_table_lists_every_row_and_runs_by_name(capsys):
+    runs = webnlg_smollm2_table.runs()
+    assert list(runs)[:9] == list(webnlg_smollm2_table.ORDER) and len(runs) == 9 + 4 + 16
+    for arg in runs.values():
+        webnlg_smollm2_row.get_config(arg)
+    table.main(["--names=ft,emb-10", "--root=R", "--", "--config.train.num_steps=2"], doc="", runs=runs,
+               config_file=webnlg_smollm2_table.CONFIG, root="unused")
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split()[3:] for line in printed] == [
+        [f"--config={webnlg_smollm2_table.CONFIG}:{name}", f"--workdir=R/{name}", "--config.train.num_steps=2"]
+        for name in ("ft", "emb-10")]
+    with pytest.raises(SystemExit):
+        table.main(["--names=lora"], doc="", runs=runs, config_file="", root="")
+    assert "--names: no run called ['lora']" in capsys.readouterr().err
 
 
 def test_row_arguments():

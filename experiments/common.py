@@ -130,6 +130,7 @@ def base_config(arg=None) -> ml_collections.ConfigDict:
             batch_size=16,
             after_training=False,
             split="dev",  # dev | test: which split's distinct inputs to decode and score
+            max_inputs=0,  # 0 = all; else this many, evenly spaced, half seen and half unseen (loop.sample_inputs)
             strategy="greedy",
             beam_size=5,  # beam only
             length_penalty=1.0,  # beam only: score = sum(log p) / length**length_penalty

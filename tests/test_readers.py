@@ -15,6 +15,7 @@ import pathlib
 import re
 import tarfile
 
+import numpy as np
 import pytest
 
 from experiments import common
@@ -154,11 +155,15 @@ def test_webnlg_test_split_marks_unseen_categories(tmp_path):
     ]
 
 
-@functools.cache
-def _heldout_reads():
+def _heldout_config():
     config = common.base_config().data
     config.heldout_categories = "Airport, Food"
-    return {split: sources.read(config, split) for split in ("train", "dev")}
+    return config
+
+
+@functools.cache
+def _heldout_reads():
+    return {split: sources.read(_heldout_config(), split) for split in ("train", "dev")}
 
 
 def test_heldout_categories_leave_training_and_are_evaluated_as_unseen():
@@ -176,6 +181,20 @@ def test_heldout_categories_leave_training_and_are_evaluated_as_unseen():
     # Other training data: a resume with other held-out categories is refused, one from
     # before the field existed compares as none held out.
     assert "data.heldout_categories" in loop.RUN_FIELDS and loop.ADDED_RUN_FIELDS["data.heldout_categories"] == ""
+
+
+def test_a_decoding_sample_spreads_over_seen_and_unseen_halves():
+    dev = loop.distinct_inputs(_heldout_config(), "dev")
+    sample = loop.sample_inputs(dev, 201)
+    halves = sorted((sum(e.seen for e in sample), sum(not e.seen for e in sample)))
+    assert halves == [100, 101]  # Both groups are larger than 101; the smaller one takes the rounded-down half.
+    assert [dev.index(e) for e in sample] == sorted(dev.index(e) for e in sample)
+    assert {e.category for e in sample} == {e.category for e in dev}  # Evenly spaced: every category.
+    assert loop.sample_inputs(dev, 0) == dev and loop.sample_inputs(dev[:5], 10) == dev[:5]
+    seen_only = [e for e in dev if e.seen]
+    assert loop.sample_inputs(seen_only, 7) == [seen_only[i] for i in np.linspace(0, len(seen_only) - 1, 7).round().astype(int)]
+    few_unseen = seen_only[:10] + [e for e in dev if not e.seen][:2]
+    assert sum(not e.seen for e in loop.sample_inputs(few_unseen, 6)) == 2  # The seen half takes the rest.
 
 
 def test_heldout_categories_on_the_test_split_and_bad_names(tmp_path):

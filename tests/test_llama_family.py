@@ -3,6 +3,8 @@ cached decoding against the recomputation oracle, prefix banks, init from words,
 training mode, and the train / eval / decode / export / import commands."""
 
 import dataclasses
+import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +12,7 @@ import numpy as np
 import pytest
 
 from experiments import tiny_llama
-from prefix_jax import decode, interop, loop, peft_adapter, train, trainable
+from prefix_jax import decode, interop, loop, peft_adapter, prefix_file, train, trainable
 from prefix_jax import prefix as prefix_lib
 from prefix_jax.models import families, llama
 
@@ -167,3 +169,40 @@ def test_train_eval_decode_export_and_import_commands(tmp_path):
     config_kv = _config(**{f"prefix.{k}": v for k, v in imported.items()})
     result = interop.import_adapter(config_kv, str(tmp_path / "imported"), adapter)
     assert result["dev_loss"] == pytest.approx(summary["best_dev_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("kind, reparam_dim", [("prompt", 0), ("infix", 32)])
+def test_prompts_and_infixes_export_to_the_own_format_and_decode_the_same_after_import(tmp_path, kind, reparam_dim):
+    """PEFT cannot hold them; prefix_file.py can, folded, and an import reproduces the run's generations."""
+    config = _config(**{"prefix.kind": kind, "prefix.reparam_dim": reparam_dim, "train.lr": 5e-2})
+    workdir, out = str(tmp_path / "run"), str(tmp_path / "exported")
+    summary = loop.train_and_evaluate(config, workdir)
+    decoded = loop.decode(config, workdir)
+    assert interop.export_best(config, workdir, out)["format"] == "prefix_jax"
+    assert not os.path.exists(os.path.join(out, peft_adapter.CONFIG))
+    plain = _config(**{"prefix.kind": kind, "prefix.reparam_dim": 0, "train.lr": 5e-2})
+    result = interop.import_adapter(plain, str(tmp_path / "imported"), out)
+    assert result["dev_loss"] == pytest.approx(summary["best_dev_loss"], rel=1e-5)
+    again = loop.decode(plain, str(tmp_path / "imported"))
+    read = lambda d: open(os.path.join(d["generations"], "dev.txt")).read()
+    assert read(again) == read(decoded) and again["metrics"] == decoded["metrics"]
+    with pytest.raises(ValueError, match=f"--config.prefix.kind={kind} --config.prefix.length=5 --config.prefix.reparam_dim=0"):
+        interop.import_adapter(_config(**{"prefix.kind": kind, "prefix.length": 4, "prefix.reparam_dim": 0}),
+                               str(tmp_path / "other"), out)
+
+
+def test_the_own_format_refuses_another_model_or_a_damaged_file(tmp_path):
+    spec = prefix_lib.PrefixSpec(kind="prompt", length=2)
+    out = prefix_file.save(str(tmp_path / "p"), spec, prefix_lib.init_random(spec, GEOMETRY, jax.random.key(0)), CONFIG)
+    loaded_spec, loaded = prefix_file.load(out, CONFIG)
+    assert loaded_spec == spec and loaded["prompt"].shape == (2, CONFIG.d_model)
+    with pytest.raises(prefix_file.PrefixFormatError, match=r"made for another model: num_layers=3 \(the model has 4\)"):
+        prefix_file.load(out, dataclasses.replace(CONFIG, num_layers=4))
+    config_path = os.path.join(out, prefix_file.CONFIG)
+    fields = json.load(open(config_path))
+    json.dump(dict(fields, length=3), open(config_path, "w"))
+    with pytest.raises(prefix_file.PrefixFormatError, match=r"prefix\.safetensors holds .* length 3 needs"):
+        prefix_file.load(out, CONFIG)
+    os.remove(os.path.join(out, prefix_file.WEIGHTS))
+    with pytest.raises(prefix_file.PrefixFormatError, match="prefix.safetensors does not exist"):
+        prefix_file.load(out, CONFIG)

@@ -14,6 +14,8 @@ lacks shows as "–" and is left out of plots; nothing is required beyond the co
   <data>_training_size.png     dev metric against training-set size, mean and spread over
                                seeds, a line per method (section 6.3: prefix vs fine-tuning)
   <data>_training_curves.png   train and dev loss against step of the full-data runs
+  sample generations           with --samples=RUN,RUN: those runs' outputs side by side on
+                               inputs of unseen categories
 The plots show dev BLEU (all categories) where runs have it, and the best dev loss.
 """
 
@@ -36,6 +38,7 @@ class Run:
     summary: dict  # {} before the run finished.
     result: Optional[dict]  # metrics.paper.evaluate's output; None before decoding.
     curve: list  # metrics.jsonl records.
+    generations: list = dataclasses.field(default_factory=list)  # generations/<split>.jsonl records.
 
     @property
     def size(self) -> int:
@@ -63,22 +66,26 @@ def _read_json(path: str, default):
         return json.load(f)
 
 
+def _read_jsonl(path: str) -> list:
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def load_runs(runs_dir: str, split: str = "dev") -> list[Run]:
     """Every run under `runs_dir` (any depth), sorted by name."""
     runs = []
     for directory, _, files in sorted(os.walk(runs_dir)):
         if "config.json" not in files:
             continue
-        curve = []
-        if os.path.isfile(path := os.path.join(directory, "metrics.jsonl")):
-            with open(path) as f:
-                curve = [json.loads(line) for line in f if line.strip()]
         runs.append(Run(
             name=os.path.relpath(directory, runs_dir),
             config=_read_json(os.path.join(directory, "config.json"), None),
             summary=_read_json(os.path.join(directory, "summary.json"), {}),
             result=_read_json(os.path.join(directory, "generations", f"{split}_metrics.json"), None),
-            curve=curve,
+            curve=_read_jsonl(os.path.join(directory, "metrics.jsonl")),
+            generations=_read_jsonl(os.path.join(directory, "generations", f"{split}.jsonl")),
         ))
     if not runs:
         raise FileNotFoundError(f"No runs under {runs_dir!r}: no directory there holds a config.json.")
@@ -222,7 +229,22 @@ def plot_curves(runs: list[Run], path: str) -> None:
     plt.close(figure)
 
 
-def _section(runs: list[Run], layout: str, out_dir: str) -> list[str]:
+def samples(runs: list[Run], count: int) -> str:
+    """Markdown: `count` inputs of unseen categories (all inputs where none is unseen) that
+    every run decoded, evenly spaced, each with its first reference and every run's output."""
+    by_run = [{g["source"]: g for g in run.generations} for run in runs]
+    shared = [g for g in runs[0].generations if all(g["source"] in generations for generations in by_run)]
+    pool = [g for g in shared if g.get("seen") is False] or shared
+    picked = [pool[i] for i in sorted(set(np.linspace(0, len(pool) - 1, count).round().astype(int)))] if pool else []
+    lines = []
+    for g in picked:
+        lines += [f"* **{g.get('category') or 'input'}**: `{g['source'].strip()}`",
+                  f"  * reference: {g['references'][0]}" if g["references"] else "  * reference: –"]
+        lines += [f"  * {run.name}: {generations[g['source']]['generation']}" for run, generations in zip(runs, by_run)]
+    return "\n".join(lines) + "\n"
+
+
+def _section(runs: list[Run], layout: str, out_dir: str, sample_runs: tuple = ()) -> list[str]:
     """Markdown parts for one data set: tables by training-set size, then plots."""
     full, sizes = [r for r in runs if r.size == 0], [r for r in runs if r.size > 0]
     parts = [f"## {layout}\n"]
@@ -244,11 +266,15 @@ def _section(runs: list[Run], layout: str, out_dir: str) -> list[str]:
     if curves := [r for r in full if r.curve]:
         plot_curves(curves, os.path.join(out_dir, f"{layout}_training_curves.png"))
         parts.append(f"### Training curves\n\n![train and dev loss]({layout}_training_curves.png)\n")
+    named = {r.name: r for r in runs if r.generations}
+    if chosen := [named[name] for name in sample_runs if name in named]:
+        parts += ["### Sample generations\n", samples(chosen, count=6)]
     return parts
 
 
-def write(runs_dir: str, out_dir: str, split: str = "dev") -> str:
-    """Writes report.md and its plots into `out_dir`; returns report.md's path."""
+def write(runs_dir: str, out_dir: str, split: str = "dev", sample_runs: tuple = ()) -> str:
+    """Writes report.md and its plots into `out_dir`; returns report.md's path. `sample_runs`:
+    the runs whose generations are shown side by side (`samples`)."""
     runs = load_runs(runs_dir, split)
     os.makedirs(out_dir, exist_ok=True)
     parts = [f"# Report: {os.path.normpath(runs_dir)} ({split})\n",
@@ -256,7 +282,7 @@ def write(runs_dir: str, out_dir: str, split: str = "dev") -> str:
              "(not decoded, or the metric was not computed). % params: served prefix / base for prefixes, "
              "trainable / base otherwise.\n"]
     for layout in sorted({r.layout for r in runs}):
-        parts += _section([r for r in runs if r.layout == layout], layout, out_dir)
+        parts += _section([r for r in runs if r.layout == layout], layout, out_dir, sample_runs)
     path = os.path.join(out_dir, "report.md")
     with open(path, "w") as f:
         f.write("\n".join(parts))
@@ -268,8 +294,10 @@ def main(argv=None) -> None:
     parser.add_argument("--runs", required=True, help="Directory holding run workdirs (any depth).")
     parser.add_argument("--out", required=True, help="Directory for report.md and its PNG plots.")
     parser.add_argument("--split", default="dev", help="Which generations/<split>_metrics.json to read.")
+    parser.add_argument("--samples", default="", help="Runs (comma-separated names) whose generations are shown "
+                        "side by side on unseen inputs.")
     args = parser.parse_args(argv)
-    print(write(args.runs, args.out, args.split))
+    print(write(args.runs, args.out, args.split, tuple(filter(None, args.samples.split(",")))))
 
 
 if __name__ == "__main__":

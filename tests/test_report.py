@@ -94,3 +94,20 @@ def test_report_lines_follow_the_dev_metric(tmp_path):
 def test_report_needs_runs(tmp_path):
     with pytest.raises(FileNotFoundError, match="no directory there holds a config.json"):
         report.write(str(tmp_path), str(tmp_path / "out"))
+
+
+def test_sample_generations_side_by_side_on_unseen_inputs(tmp_path):
+    runs = str(tmp_path / "runs")
+    records = lambda text: [
+        {"source": f" | S{i}", "references": [f"ref {i}"], "generation": f"{text} {i}", "category": c, "seen": c == "City"}
+        for i, c in enumerate(["City", "Monument", "City", "Astronaut", "Monument"])]
+    for name, text in (("prefix-kv", "p"), ("ft", "f")):
+        _run(runs, name, name, scores=_webnlg(1.0, 0.5))
+        with open(os.path.join(runs, name, "generations", "dev.jsonl"), "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records(text)[: 4 if name == "ft" else 5])
+    text = open(report.write(runs, str(tmp_path / "out"), sample_runs=("prefix-kv", "ft", "absent"))).read()
+    block = text.split("### Sample generations\n\n")[1].splitlines()
+    # Unseen inputs both runs decoded (S4 only prefix-kv has), each run's output under its reference.
+    assert block[:8] == ["* **Monument**: `| S1`", "  * reference: ref 1", "  * prefix-kv: p 1", "  * ft: f 1",
+                         "* **Astronaut**: `| S3`", "  * reference: ref 3", "  * prefix-kv: p 3", "  * ft: f 3"]
+    assert "Sample generations" not in open(report.write(runs, str(tmp_path / "out2"))).read()

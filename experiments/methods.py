@@ -35,16 +35,16 @@ def check(method: str) -> str:
     return method
 
 
-def parse_row(arg: str) -> tuple[str, dict]:
+def parse_row(arg: str, keys: tuple = SWEEP_KEYS) -> tuple[str, dict]:
     """A row config's argument "METHOD[,key=value]..." -> (method, {key: int}); unknown methods or
-    keys are errors."""
+    keys (those not in `keys`) are errors."""
     method, *pairs = (arg or "").split(",")
     check(method)
     options = {}
     for pair in pairs:
         key, _, value = pair.partition("=")
-        if key not in SWEEP_KEYS or not value.isdigit():
-            raise ValueError(f"Bad option {pair!r} in {arg!r}; expected one of {SWEEP_KEYS} as key=<integer>.")
+        if key not in keys or not value.isdigit():
+            raise ValueError(f"Bad option {pair!r} in {arg!r}; expected one of {keys} as key=<integer>.")
         options[key] = int(value)
     if "length" in options and not has_prefix(method):
         raise ValueError(f"Method {method!r} has no prefix; length= does not apply.")

@@ -4,18 +4,40 @@ experiments/webnlg_small_table.py and experiments/webnlg_smollm2_table.py.
 Without --run it prints the commands; with --run it runs them in turn, skipping finished
 ones (a workdir with summary.json); a killed run resumes from its latest checkpoint when
 rerun. --only picks the runs whose name starts with the given text, --names the runs named
-(comma-separated, exact).
+(comma-separated, exact); --options appends to every run's config argument (paper=1).
+--export=DIR writes the trained prefix of every finished prefix run to DIR/<name> (`export`:
+a PEFT adapter, or prefix_file's format for EMB and infix); --collect=DIR copies what the
+report reads (config, summary, curves, generations; no checkpoints) to DIR/<name>.
 """
 
 import argparse
+import json
 import os
+import shutil
 import subprocess
 import sys
 
+REPORT_FILES = ("config.json", "summary.json", "metrics.jsonl", "generations")
 
-def command(config_file: str, name: str, arg: str, root: str, overrides=()) -> list[str]:
-    return [sys.executable, "-m", "prefix_jax.main", f"--config={config_file}:{arg}",
+
+def command(config_file: str, name: str, arg: str, root: str, overrides=(), action=()) -> list[str]:
+    return [sys.executable, "-m", "prefix_jax.main", *action, f"--config={config_file}:{arg}",
             f"--workdir={os.path.join(root, name)}", *overrides]
+
+
+def _is_prefix_run(workdir: str) -> bool:
+    with open(os.path.join(workdir, "config.json")) as f:
+        return json.load(f)["train"]["mode"] == "prefix"
+
+
+def _collect(workdir: str, out: str) -> None:
+    os.makedirs(out, exist_ok=True)
+    for name in REPORT_FILES:
+        source = os.path.join(workdir, name)
+        if os.path.isdir(source):
+            shutil.copytree(source, os.path.join(out, name), dirs_exist_ok=True)
+        elif os.path.isfile(source):
+            shutil.copy2(source, out)
 
 
 def main(argv, *, doc: str, config_file: str, runs: dict[str, str], root: str) -> None:
@@ -25,6 +47,9 @@ def main(argv, *, doc: str, config_file: str, runs: dict[str, str], root: str) -
     parser.add_argument("--run", action="store_true", help="Run the commands instead of printing them.")
     parser.add_argument("--only", default="", help="Only the runs whose name starts with this.")
     parser.add_argument("--names", default="", help="Only these runs (comma-separated names).")
+    parser.add_argument("--options", default="", help="Appended to every run's config argument (e.g. paper=1).")
+    parser.add_argument("--export", default="", help="Export each finished prefix run's prefix to <DIR>/<name>.")
+    parser.add_argument("--collect", default="", help="Copy each finished run's report files to <DIR>/<name>.")
     parser.add_argument("overrides", nargs="*", help="--config.x=y flags passed to every run (after --).")
     args = parser.parse_args(argv)
     names = set(filter(None, args.names.split(",")))
@@ -33,10 +58,19 @@ def main(argv, *, doc: str, config_file: str, runs: dict[str, str], root: str) -
     for name, arg in runs.items():
         if not name.startswith(args.only) or (names and name not in names):
             continue
-        cmd = command(config_file, name, arg, args.root, args.overrides)
+        arg = f"{arg},{args.options}" if args.options else arg
+        workdir, cmd = os.path.join(args.root, name), command(config_file, name, arg, args.root, args.overrides)
+        finished = os.path.exists(os.path.join(workdir, "summary.json"))
         if not args.run:
             print(" ".join(cmd))
-        elif os.path.exists(os.path.join(args.root, name, "summary.json")):
+            continue
+        if finished:
             print(f"{name}: finished, skipped.")
         else:
             subprocess.run(cmd, check=True)
+        if args.export and _is_prefix_run(workdir):
+            out = os.path.join(args.export, name)
+            subprocess.run(command(config_file, name, arg, args.root, [*args.overrides, f"--out={out}"], ["export"]),
+                           check=True, stdout=subprocess.DEVNULL)
+        if args.collect:
+            _collect(workdir, os.path.join(args.collect, name))

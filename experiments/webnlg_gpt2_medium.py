@@ -22,6 +22,15 @@ Result: not yet run.
 
 from experiments import gpt2_medium_common
 
+# Appendix A's settings: the prefix's (also the ablations') and each baseline's.
+PREFIX = dict(lr=5e-5, epochs=5, batch_size=5, length=5)
+BASELINES = {
+    "ft": dict(lr=1e-5, epochs=10, batch_size=6),
+    "ft-top2": dict(lr=5e-5, epochs=10, batch_size=9),
+    "adapter-0.1": dict(lr=5e-5, epochs=10, batch_size=5),
+    "adapter-3": dict(lr=5e-5, epochs=5, batch_size=5),
+}
+
 
 def get_config(arg=None):
     return gpt2_medium_common.get_config(
@@ -31,12 +40,7 @@ def get_config(arg=None):
             train_path="data/webnlg2017_train_dev.tar.xz",
             dev_path="data/webnlg2017_train_dev.tar.xz",
         ),
-        prefix=dict(lr=5e-5, epochs=5, batch_size=5, length=5),
-        baselines={
-            "ft": dict(lr=1e-5, epochs=10, batch_size=6),
-            "ft-top2": dict(lr=5e-5, epochs=10, batch_size=9),
-            "adapter-0.1": dict(lr=5e-5, epochs=10, batch_size=5),
-            "adapter-3": dict(lr=5e-5, epochs=5, batch_size=5),
-        },
+        prefix=PREFIX,
+        baselines=BASELINES,
         train_pairs=18025,
     )

@@ -1,8 +1,9 @@
 """One row of Li & Liang's WebNLG comparison (Table 1, Fig. 3-5, Table 5) on SmolLM2-135M, with unseen categories.
 
-  --config=experiments/webnlg_smollm2_row.py:METHOD[,length=N][,size=N][,seed=N]
+  --config=experiments/webnlg_smollm2_row.py:METHOD[,length=N][,size=N][,seed=N][,paper=1]
 METHOD is one of experiments/methods.py; length the prefix / EMB / infix length, size the
-number of training inputs (low data; 0 = all), seed the training seed.
+number of training inputs (low data; 0 = all), seed the training seed; paper=1 the paper's
+full-data protocol (below; for a GPU: launch/webnlg_smollm2_gpu.sh runs every row so).
 
 The seen/unseen split. WebNLG 2017's dev set has seen categories only and its test set is not
 vendored, so three of the ten training categories are held out of training entirely
@@ -32,6 +33,11 @@ prefix lr (1:5 and 1:1) within a factor of two and are not tuned. Dev loss on 64
 sequences before and after training; then greedy decoding (64 new tokens) of 200 evaluation
 inputs, 100 seen and 100 unseen, evenly spaced (`decode.max_inputs`), scored as the paper
 scores WebNLG (BLEU, METEOR, TER for seen / unseen / all).
+paper=1: Appendix A's settings (experiments/webnlg_gpt2_medium.py) on the 15,005 training
+texts kept: per method lr, epochs and batch size (prefix: 5e-5, 5 epochs, batch 5, length 5;
+FT 1e-5, 10 epochs, batch 6; ...), padded batches, no warmup, the loss summed per sequence,
+dev loss at the end only (the dev split holds the unseen inputs: no checkpoint is chosen on
+them), and beam search (5, up to 100 new tokens) over all 1,952 evaluation inputs.
 Low data (size > 0): the paper's Fig. 3 setting where it transfers: a prefix of 6 initialised
 from the words "table-to-text:" (its Fig. 5 initialisation; learned directly, the MLP has no
 inverse to start from words), the first `size` training inputs,
@@ -43,7 +49,9 @@ Command (one row; ~12 min for a prefix row on 2 CPU cores):
 Every row: python -m experiments.webnlg_smollm2_table. Results: reports/webnlg_smollm2.
 """
 
-from experiments import methods, webnlg_smollm2
+import math
+
+from experiments import methods, webnlg_gpt2_medium, webnlg_smollm2
 
 HELDOUT_CATEGORIES = "Astronaut,ComicsCharacter,Monument"
 ADAPTER_DIMS = {"adapter-0.1": 1, "adapter-3": 58}
@@ -51,10 +59,11 @@ LEARNING_RATES = {"ft": 1e-4, "ft-top2": 5e-4}  # Every other method: 1e-3.
 UNPACKED = dict(batch_size=8, num_steps=130)  # EMB and infix rows: about the texts of 160 packed steps.
 TABLE_TO_TEXT = (6413, 29, 1141, 29, 2692, 42)  # "table-to-text:" in SmolLM2's tokenizer.
 METHODS = methods.METHODS
+TRAIN_TEXTS = 15_005  # Training texts marked "good" outside the held-out categories: one epoch.
 
 
 def get_config(arg=None):
-    method, options = methods.parse_row(arg)
+    method, options = methods.parse_row(arg, keys=methods.SWEEP_KEYS + ("paper",))
     config = webnlg_smollm2.get_config()
     methods.apply(config, method, ADAPTER_DIMS)
     config.data.heldout_categories = HELDOUT_CATEGORIES
@@ -68,8 +77,22 @@ def get_config(arg=None):
         config.train.update(num_steps=100, warmup_steps=10)
         if methods.has_prefix(method):
             config.prefix.update(length=len(TABLE_TO_TEXT), init="words", init_tokens=TABLE_TO_TEXT, reparam_dim=0)
+    if options.get("paper"):
+        _paper_protocol(config, method)
     if "length" in options:
         config.prefix.length = options["length"]
     if "seed" in options:
         config.train.seed = options["seed"]
     return config
+
+
+def _paper_protocol(config, method: str) -> None:
+    hparams = webnlg_gpt2_medium.BASELINES.get(method, webnlg_gpt2_medium.PREFIX)
+    steps = hparams["epochs"] * math.ceil(TRAIN_TEXTS / hparams["batch_size"])
+    config.data.pack_width = 0
+    config.train.update(lr=hparams["lr"], batch_size=hparams["batch_size"], num_steps=steps, warmup_steps=0,
+                        loss_per="sequence", eval_every=steps, log_every=100)
+    config.checkpoint.every = 1000
+    if methods.has_prefix(method) and method.startswith(("prefix", "infix")):
+        config.prefix.length = hparams["length"]
+    config.decode.update(strategy="beam", beam_size=5, max_new_tokens=100, max_inputs=0, batch_size=16)

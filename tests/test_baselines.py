@@ -1,17 +1,22 @@
 """Li & Liang's baselines in the trainable-mode machinery: adapters, FT-top2, EMB-n, infix."""
 
 import dataclasses
+import math
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import table, webnlg_small_row, webnlg_smollm2_row, webnlg_smollm2_table
+from experiments import table, webnlg_small_row, webnlg_small_table, webnlg_smollm2_row, webnlg_smollm2_table
 from prefix_jax import decode, peft_adapter, train, trainable
+from prefix_jax.data import sources
 from prefix_jax import prefix as prefix_lib
 from prefix_jax.models import gpt2, families, layers, adapters
 from test_train import _batch, _config, _leaves_with_labels, _sharp_base
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 ADAPTER_DIM = 4
 
@@ -222,6 +227,20 @@ def test_every_row_of_the_smollm2_table_is_a_valid_setup(method):
     assert config.data.heldout_categories == webnlg_smollm2_row.HELDOUT_CATEGORIES
 
 
+def test_smollm2_paper_protocol_is_appendix_a_on_the_texts_kept():
+    config = webnlg_smollm2_row.get_config("prefix-kv,paper=1")
+    texts = sum(len(e.references) for e in sources.read(config.data, "train"))
+    assert texts == webnlg_smollm2_row.TRAIN_TEXTS
+    assert (config.train.lr, config.train.batch_size, config.train.num_steps) == (5e-5, 5, 5 * math.ceil(texts / 5))
+    assert (config.prefix.length, config.train.loss_per, config.decode.strategy, config.decode.max_inputs) == (
+        5, "sequence", "beam", 0)
+    assert config.train.eval_every == config.train.num_steps  # No checkpoint chosen on the unseen inputs.
+    ft = webnlg_smollm2_row.get_config("ft,paper=1").train
+    assert (ft.lr, ft.batch_size, ft.num_steps) == (1e-5, 6, 10 * math.ceil(texts / 6))
+    with pytest.raises(ValueError, match="Bad option 'paper=1'"):
+        webnlg_small_row.get_config("ft,paper=1")
+
+
 def test_smollm2_low_data_rows_start_from_real_words():
     config = webnlg_smollm2_row.get_config("prefix-kv,size=50,seed=1")
     assert (config.data.num_train, config.train.seed, config.prefix.init, config.prefix.reparam_dim) == (50, 1, "words", 0)
@@ -243,6 +262,26 @@ def test_the_smollm2_table_lists_every_row_and_runs_by_name(capsys):
     with pytest.raises(SystemExit):
         table.main(["--names=lora"], doc="", runs=runs, config_file="", root="")
     assert "--names: no run called ['lora']" in capsys.readouterr().err
+
+
+def test_the_table_runner_runs_exports_prefixes_and_collects_report_files(tmp_path, monkeypatch):
+    """As launch/webnlg_smollm2_gpu.sh uses it, on two tiny rows of the small table."""
+    monkeypatch.chdir(ROOT)
+    tiny = ["--config.data.num_train=8", "--config.data.num_dev=4", "--config.train.num_steps=2",
+            "--config.train.eval_every=2", "--config.checkpoint.every=2", "--config.decode.max_new_tokens=4"]
+    argv = ["--run", "--names=ft,emb-1", f"--root={tmp_path / 'runs'}", f"--export={tmp_path / 'prefixes'}",
+            f"--collect={tmp_path / 'results'}", "--", *tiny]
+    runs = webnlg_small_table.runs()
+    table.main(argv, doc="", runs=runs, config_file=webnlg_small_table.CONFIG, root="")
+    assert sorted(os.listdir(tmp_path / "prefixes")) == ["emb-1"]  # FT has no prefix.
+    assert sorted(os.listdir(tmp_path / "prefixes" / "emb-1")) == ["prefix.safetensors", "prefix_config.json"]
+    for name in ("ft", "emb-1"):
+        collected = tmp_path / "results" / name
+        assert sorted(os.listdir(collected)) == sorted(table.REPORT_FILES)
+        assert (collected / "generations" / "dev_metrics.json").is_file()
+    summary = (tmp_path / "runs" / "ft" / "summary.json").stat().st_mtime
+    table.main(argv, doc="", runs=runs, config_file=webnlg_small_table.CONFIG, root="")  # Finished: skipped.
+    assert (tmp_path / "runs" / "ft" / "summary.json").stat().st_mtime == summary
 
 
 def test_row_arguments():

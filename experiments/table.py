@@ -7,7 +7,9 @@ rerun. --only picks the runs whose name starts with the given text, --names the 
 (comma-separated, exact); --options appends to every run's config argument (paper=1).
 --export=DIR writes the trained prefix of every finished prefix run to DIR/<name> (`export`:
 a PEFT adapter, or prefix_file's format for EMB and infix); --collect=DIR copies what the
-report reads (config, summary, curves, generations; no checkpoints) to DIR/<name>.
+report reads (config, summary, curves, generations; no checkpoints) to DIR/<name>;
+--verify=DIR imports each finished prefix run's exported prefix from DIR/<name> into
+<root>/imported/<name>, decodes it, and fails unless its scores are the run's.
 """
 
 import argparse
@@ -40,6 +42,39 @@ def _collect(workdir: str, out: str) -> None:
             shutil.copy2(source, out)
 
 
+def _scores(workdir: str) -> dict:
+    with open(os.path.join(workdir, "generations", "dev_metrics.json")) as f:
+        return json.load(f)["scores"]
+
+
+def _generations(workdir: str) -> str:
+    with open(os.path.join(workdir, "generations", "dev.txt")) as f:
+        return f.read()
+
+
+def verify(config_file: str, name: str, arg: str, root: str, overrides, prefix_dir: str) -> dict:
+    """Imports `prefix_dir` (what `export` wrote for run `name`) into a new workdir and decodes
+    it as the run was decoded; returns the scores, after checking that the generations (and so
+    the scores) are the run's."""
+    own = os.path.isfile(os.path.join(prefix_dir, "prefix_config.json"))
+    with open(os.path.join(prefix_dir, "prefix_config.json" if own else "adapter_config.json")) as f:
+        kind = json.load(f)["kind"] if own else "kv"  # PEFT holds K/V: kv as is, hidden compiled.
+    imported_root = os.path.join(root, "imported")
+    flags = [*overrides, f"--config.prefix.kind={kind}", "--config.prefix.reparam_dim=0"]
+    if os.path.exists(os.path.join(imported_root, name)):
+        shutil.rmtree(os.path.join(imported_root, name))
+    for action, extra in ((["import"], [f"--adapter={prefix_dir}"]), (["decode"], [])):
+        subprocess.run(command(config_file, name, arg, imported_root, [*flags, *extra], action),
+                       check=True, stdout=subprocess.DEVNULL)
+    run, imported = os.path.join(root, name), os.path.join(imported_root, name)
+    want, got = _scores(run), _scores(imported)
+    if got != want or _generations(run) != _generations(imported):
+        raise SystemExit(f"{name}: the prefix in {prefix_dir} decodes otherwise than the run did (scores {got}, "
+                         f"the run's {want}; generations in {imported}).")
+    print(f"{name}: {prefix_dir} reproduces the run's scores {want}.")
+    return got
+
+
 def main(argv, *, doc: str, config_file: str, runs: dict[str, str], root: str) -> None:
     """runs: {run name (its workdir under the root): config argument}."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,6 +85,7 @@ def main(argv, *, doc: str, config_file: str, runs: dict[str, str], root: str) -
     parser.add_argument("--options", default="", help="Appended to every run's config argument (e.g. paper=1).")
     parser.add_argument("--export", default="", help="Export each finished prefix run's prefix to <DIR>/<name>.")
     parser.add_argument("--collect", default="", help="Copy each finished run's report files to <DIR>/<name>.")
+    parser.add_argument("--verify", default="", help="Check that <DIR>/<name> (exported prefixes) decode to the runs' scores.")
     parser.add_argument("overrides", nargs="*", help="--config.x=y flags passed to every run (after --).")
     args = parser.parse_args(argv)
     names = set(filter(None, args.names.split(",")))
@@ -74,3 +110,5 @@ def main(argv, *, doc: str, config_file: str, runs: dict[str, str], root: str) -
                            check=True, stdout=subprocess.DEVNULL)
         if args.collect:
             _collect(workdir, os.path.join(args.collect, name))
+        if args.verify and _is_prefix_run(workdir):
+            verify(config_file, name, arg, args.root, args.overrides, os.path.join(args.verify, name))

@@ -71,7 +71,7 @@ def get_config(arg=None):
     if config.prefix.kind in ("prompt", "infix"):
         config.data.pack_width = 0
         config.train.update(UNPACKED)
-    config.decode.update(max_inputs=200, after_training=True)
+    config.decode.update(max_inputs=200, batch_size=100, after_training=True)
     if options.get("size"):
         config.data.num_train = options["size"]
         config.train.update(num_steps=100, warmup_steps=10)

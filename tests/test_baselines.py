@@ -3,11 +3,13 @@
 import dataclasses
 import math
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import safetensors.numpy
 
 from experiments import table, webnlg_small_row, webnlg_small_table, webnlg_smollm2_row, webnlg_smollm2_table
 from prefix_jax import decode, peft_adapter, train, trainable
@@ -280,8 +282,18 @@ def test_the_table_runner_runs_exports_prefixes_and_collects_report_files(tmp_pa
         assert sorted(os.listdir(collected)) == sorted(table.REPORT_FILES)
         assert (collected / "generations" / "dev_metrics.json").is_file()
     summary = (tmp_path / "runs" / "ft" / "summary.json").stat().st_mtime
-    table.main(argv, doc="", runs=runs, config_file=webnlg_small_table.CONFIG, root="")  # Finished: skipped.
+    verified = [*argv[:4], f"--verify={tmp_path / 'prefixes'}", *argv[5:]]
+    table.main(verified, doc="", runs=runs, config_file=webnlg_small_table.CONFIG, root="")  # Finished: skipped.
     assert (tmp_path / "runs" / "ft" / "summary.json").stat().st_mtime == summary
+    imported = tmp_path / "runs" / "imported"
+    assert os.listdir(imported) == ["emb-1"] and table._scores(imported / "emb-1") == table._scores(tmp_path / "runs" / "emb-1")
+    # A prefix that is not the run's is caught.
+    other = tmp_path / "other"
+    shutil.copytree(tmp_path / "prefixes", other)
+    weights = other / "emb-1" / "prefix.safetensors"
+    safetensors.numpy.save_file({"prompt": np.full((1, 256), 0.5, np.float32)}, str(weights))
+    with pytest.raises(SystemExit, match="emb-1: the prefix in .* decodes otherwise than the run did"):
+        table.verify(webnlg_small_table.CONFIG, "emb-1", "emb-1", str(tmp_path / "runs"), tiny, str(other / "emb-1"))
 
 
 def test_row_arguments():

@@ -141,11 +141,12 @@ def _share(summary: dict) -> float:
 
 
 def table(runs: list[Run], layout: str) -> str:
-    """Markdown: one row per method (mean over its runs), columns as the paper lays them out."""
+    """Markdown: one row per method (mean over its runs), columns as the paper lays them out,
+    after the share of parameters, the training time (minutes, mean) and the best dev loss."""
     spec = paper.LAYOUTS[layout]
     subsets = (("S", "seen"), ("U", "unseen"), ("A", "all")) if spec.by_seen else (("", "all"),)
     columns = [(f"{c.header} {s}".strip(), c, subset) for c in spec.columns for s, subset in subsets]
-    header = ["Method", "runs", "% params", "dev loss"] + [name for name, _, _ in columns]
+    header = ["Method", "runs", "% params", "train min", "dev loss"] + [name for name, _, _ in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     groups = collections.defaultdict(list)
     for run in runs:
@@ -153,7 +154,9 @@ def table(runs: list[Run], layout: str) -> str:
     for name in sorted(groups, key=lambda name: _row_order(groups[name][0].config)):
         members = groups[name]
         share = _mean([_share(r.summary) for r in members if r.summary])
-        cells = [name, str(len(members)), _format(share, 2), _format(_mean(r.summary.get("best_dev_loss") for r in members), 3)]
+        minutes = _mean(r.summary.get("train_seconds", 0) / 60 if r.summary else None for r in members)
+        cells = [name, str(len(members)), _format(share, 2), _format(minutes, 1),
+                 _format(_mean(r.summary.get("best_dev_loss") for r in members), 3)]
         for _, column, subset in columns:
             value = _mean(r.score(column.key, subset) for r in members)
             cells.append(_format(None if value is None else value * column.scale, column.digits))

@@ -33,7 +33,7 @@ def _webnlg(bleu, ter, meteor=None):
 
 
 def _summary(trainable, loss):
-    return {"trainable_params": trainable, "base_params": 4000, "best_dev_loss": loss}
+    return {"trainable_params": trainable, "base_params": 4000, "best_dev_loss": loss, "train_seconds": 90.0}
 
 
 def test_report_tables_and_plots(tmp_path):
@@ -56,19 +56,19 @@ def test_report_tables_and_plots(tmp_path):
     text = open(path).read()
     lines = text.splitlines()
     # WebNLG: BLEU S U A, MET S U A, TER S U A; rows in the paper's order, seeds averaged.
-    assert "| Method | runs | % params | dev loss | BLEU S | BLEU U | BLEU A | MET S | MET U | MET A | TER ↓ S | TER ↓ U | TER ↓ A |" in lines
-    assert "| FT | 1 | 100.00 | 1.000 | 40.00 | – | 40.00 | 0.30 | – | 0.30 | 0.50 | – | 0.50 |" in lines
-    assert "| Adapter (r=32) | 1 | – | – | – | – | – | – | – | – | – | – | – |" in lines
-    assert "| Prefix-5 (kv) | 1 | 0.50 | 2.500 | 12.00 | – | 12.00 | – | – | – | 0.80 | – | 0.80 |" in lines
-    assert "| Prefix-10 (kv) | 2 | 1.00 | 2.500 | 15.00 | – | 15.00 | – | – | – | 0.80 | – | 0.80 |" in lines
-    assert "| Infix-10 | 1 | 2.00 | 2.200 | – | – | – | – | – | – | – | – | – |" in lines
+    assert "| Method | runs | % params | train min | dev loss | BLEU S | BLEU U | BLEU A | MET S | MET U | MET A | TER ↓ S | TER ↓ U | TER ↓ A |" in lines
+    assert "| FT | 1 | 100.00 | 1.5 | 1.000 | 40.00 | – | 40.00 | 0.30 | – | 0.30 | 0.50 | – | 0.50 |" in lines
+    assert "| Adapter (r=32) | 1 | – | – | – | – | – | – | – | – | – | – | – | – |" in lines
+    assert "| Prefix-5 (kv) | 1 | 0.50 | 1.5 | 2.500 | 12.00 | – | 12.00 | – | – | – | 0.80 | – | 0.80 |" in lines
+    assert "| Prefix-10 (kv) | 2 | 1.00 | 1.5 | 2.500 | 15.00 | – | 15.00 | – | – | – | 0.80 | – | 0.80 |" in lines
+    assert "| Infix-10 | 1 | 2.00 | 1.5 | 2.200 | – | – | – | – | – | – | – | – | – |" in lines
     webnlg = text.split("## webnlg")[1].split("### 50 training inputs")[0].splitlines()
     rows = [line.split(" | ")[0] for line in webnlg if line.startswith("| ") and "Method" not in line]
     assert rows == ["| FT", "| Adapter (r=32)", "| Prefix-5 (kv)", "| Prefix-10 (kv)", "| Infix-10"]
     # E2E on its own scales: BLEU, MET and R-L x100; CIDEr absent.
-    assert "| Prefix-10 (kv) | 1 | – | – | 70.00 | 8.50 | 46.00 | 71.00 | – |" in lines
+    assert "| Prefix-10 (kv) | 1 | – | – | – | 70.00 | 8.50 | 46.00 | 71.00 | – |" in lines
     assert "### 50 training inputs" in text
-    assert "| Prefix-10 (kv) | 2 | – | – | 6.00 | – | 6.00 | – | – | – | 0.90 | – | 0.90 |" in lines
+    assert "| Prefix-10 (kv) | 2 | – | – | – | 6.00 | – | 6.00 | – | – | – | 0.90 | – | 0.90 |" in lines
     assert "e2e_training_curves.png" not in text  # The E2E run has no curve.
     for png in ("webnlg_prefix_length.png", "webnlg_training_size.png", "webnlg_training_curves.png"):
         assert f"]({png})" in text

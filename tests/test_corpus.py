@@ -1,7 +1,6 @@
 """The pre-training corpus recipe (on a hand-made copy of the packages' layout) and its blocks."""
 
 import gzip
-import os
 
 import numpy as np
 import pytest

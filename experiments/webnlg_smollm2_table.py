@@ -6,11 +6,11 @@
   python -m experiments.webnlg_smollm2_table --run --names=ft,emb-10  # those named
   python -m prefix_jax.report --runs=workdir/webnlg_smollm2_table --out=reports/webnlg_smollm2
 
-Runs (seen + unseen evaluation; 29 in all), in the order they are worth running:
+Runs (seen + unseen evaluation; 37 in all), in the order they are worth running:
   table    every method of webnlg_smollm2_row.py on all training data   (Table 1; Table 5: EMB, infix)
   length   prefix-kv with prefix lengths 1, 5, 20, 40 (10 is the table's) (Fig. 4)
-  size     prefix-kv and ft on 50, 100, 200, 500 training inputs, seeds 0-1 (Fig. 3; the prefix
-           starts from the words "table-to-text:", Fig. 5)
+  size     prefix-kv and ft on 50, 100, 200, 500 training inputs, seeds 0-1 (Fig. 3)
+  words    prefix-kv on those sizes and seeds, initialised from "table-to-text:" (Fig. 5)
 A GPU runs the full-data rows at the paper's epochs with launch/webnlg_smollm2_gpu.sh.
 """
 
@@ -33,7 +33,9 @@ def runs() -> dict[str, str]:
         f"{method}_size{size}_seed{seed}": f"{method},size={size},seed={seed}"
         for size in SIZES for seed in SEEDS for method in ("prefix-kv", "ft")
     }
-    return {**rows, **lengths, **sizes}
+    words = {f"prefix-kv_words_size{size}_seed{seed}": f"prefix-kv,size={size},seed={seed},words=1"
+             for size in SIZES for seed in SEEDS}
+    return {**rows, **lengths, **sizes, **words}
 
 
 if __name__ == "__main__":

@@ -243,16 +243,19 @@ def test_smollm2_paper_protocol_is_appendix_a_on_the_texts_kept():
         webnlg_small_row.get_config("ft,paper=1")
 
 
-def test_smollm2_low_data_rows_start_from_real_words():
+def test_smollm2_low_data_rows_and_real_word_initialisation():
     config = webnlg_smollm2_row.get_config("prefix-kv,size=50,seed=1")
-    assert (config.data.num_train, config.train.seed, config.prefix.init, config.prefix.reparam_dim) == (50, 1, "words", 0)
-    assert config.prefix.length == len(webnlg_smollm2_row.TABLE_TO_TEXT)
-    assert webnlg_smollm2_row.get_config("ft,size=50").prefix.kind == "none"
+    assert (config.data.num_train, config.train.seed, config.prefix.init, config.prefix.reparam_dim) == (50, 1, "random", 512)
+    words = webnlg_smollm2_row.get_config("prefix-kv,size=50,seed=1,words=1").prefix
+    assert (words.init, words.reparam_dim, tuple(words.init_tokens)) == ("words", 0, webnlg_smollm2_row.TABLE_TO_TEXT)
+    assert words.length == len(webnlg_smollm2_row.TABLE_TO_TEXT)
+    with pytest.raises(ValueError, match="has no prefix; words= does not apply"):
+        webnlg_smollm2_row.get_config("ft,size=50,words=1")
 
 
 def test_the_smollm2_table_lists_every_row_and_runs_by_name(capsys):
     runs = webnlg_smollm2_table.runs()
-    assert list(runs)[:9] == list(webnlg_smollm2_table.ORDER) and len(runs) == 9 + 4 + 16
+    assert list(runs)[:9] == list(webnlg_smollm2_table.ORDER) and len(runs) == 9 + 4 + 16 + 8
     for arg in runs.values():
         webnlg_smollm2_row.get_config(arg)
     table.main(["--names=ft,emb-10", "--root=R", "--", "--config.train.num_steps=2"], doc="", runs=runs,

@@ -8,8 +8,9 @@ rerun. --only picks the runs whose name starts with the given text, --names the 
 --export=DIR writes the trained prefix of every finished prefix run to DIR/<name> (`export`:
 a PEFT adapter, or prefix_file's format for EMB and infix); --collect=DIR copies what the
 report reads (config, summary, curves, generations; no checkpoints) to DIR/<name>;
---verify=DIR imports each finished prefix run's exported prefix from DIR/<name> into
-<root>/imported/<name>, decodes it, and fails unless its scores are the run's.
+--verify=DIR imports each finished prefix run's exported prefix from DIR/<name> into a new
+temporary workdir, decodes it, and fails unless its generations are the run's (the run may
+be a collected copy: only its generations are read).
 """
 
 import argparse
@@ -18,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 REPORT_FILES = ("config.json", "summary.json", "metrics.jsonl", "generations")
 
@@ -59,10 +61,8 @@ def verify(config_file: str, name: str, arg: str, root: str, overrides, prefix_d
     own = os.path.isfile(os.path.join(prefix_dir, "prefix_config.json"))
     with open(os.path.join(prefix_dir, "prefix_config.json" if own else "adapter_config.json")) as f:
         kind = json.load(f)["kind"] if own else "kv"  # PEFT holds K/V: kv as is, hidden compiled.
-    imported_root = os.path.join(root, "imported")
+    imported_root = tempfile.mkdtemp(prefix="verify_")
     flags = [*overrides, f"--config.prefix.kind={kind}", "--config.prefix.reparam_dim=0"]
-    if os.path.exists(os.path.join(imported_root, name)):
-        shutil.rmtree(os.path.join(imported_root, name))
     for action, extra in ((["import"], [f"--adapter={prefix_dir}"]), (["decode"], [])):
         subprocess.run(command(config_file, name, arg, imported_root, [*flags, *extra], action),
                        check=True, stdout=subprocess.DEVNULL)
@@ -71,7 +71,7 @@ def verify(config_file: str, name: str, arg: str, root: str, overrides, prefix_d
     if got != want or _generations(run) != _generations(imported):
         raise SystemExit(f"{name}: the prefix in {prefix_dir} decodes otherwise than the run did (scores {got}, "
                          f"the run's {want}; generations in {imported}).")
-    print(f"{name}: {prefix_dir} reproduces the run's scores {want}.")
+    print(f"{name}: {prefix_dir} reproduces the run's generations and scores {want} ({imported}).")
     return got
 
 

@@ -93,7 +93,8 @@ def load_runs(runs_dir: str, split: str = "dev") -> list[Run]:
 
 
 def family(config: dict) -> str:
-    """The method without its length: FT, FT-top2, Adapter (r=32), Prefix (kv), EMB, Infix."""
+    """The method without its length: FT, FT-top2, Adapter (r=32), Prefix (kv), EMB, Infix;
+    a prefix initialised from words says so: Prefix (kv, words)."""
     train, prefix = config["train"], config["prefix"]
     if train["mode"] == "full":
         return "FT"
@@ -101,7 +102,10 @@ def family(config: dict) -> str:
         return f"FT-top{train['top_k']}"
     if train["mode"] == "adapter":
         return f"Adapter (r={config['model']['adapter_dim']})"
-    return {"kv": "Prefix (kv)", "hidden": "Prefix (hidden)", "prompt": "EMB", "infix": "Infix"}[prefix["kind"]]
+    name = {"kv": "Prefix (kv)", "hidden": "Prefix (hidden)", "prompt": "EMB", "infix": "Infix"}[prefix["kind"]]
+    if prefix.get("init") == "words":  # Li & Liang's Fig. 5: initialised from real words' activations.
+        name = name[:-1] + ", words)" if name.endswith(")") else name + " (words)"
+    return name
 
 
 def method(config: dict) -> str:

@@ -91,6 +91,15 @@ def test_report_lines_follow_the_dev_metric(tmp_path):
     assert label == "best dev loss" and lines["FT"] == ([50], [1.5], [0.0])  # Every run has a loss.
 
 
+def test_a_prefix_initialised_from_words_is_its_own_row():
+    config = json.loads(webnlg_small_row.get_config("prefix-kv,length=6").to_json())
+    assert report.method(config) == "Prefix-6 (kv)"
+    config["prefix"]["init"] = "words"
+    assert (report.family(config), report.method(config)) == ("Prefix (kv, words)", "Prefix-6 (kv, words)")
+    config["prefix"]["kind"] = "prompt"
+    assert report.method(config) == "EMB-6 (words)"
+
+
 def test_report_needs_runs(tmp_path):
     with pytest.raises(FileNotFoundError, match="no directory there holds a config.json"):
         report.write(str(tmp_path), str(tmp_path / "out"))

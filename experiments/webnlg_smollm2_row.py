@@ -51,6 +51,11 @@ Command (one row; ~12 min for a prefix row on 2 CPU cores):
   python -m prefix_jax.main --config=experiments/webnlg_smollm2_row.py:prefix-kv \
       --workdir=workdir/webnlg_smollm2_table/prefix-kv
 Every row: python -m experiments.webnlg_smollm2_table. Results: reports/webnlg_smollm2.
+Result (2 cores of an Intel Xeon @ 2.80GHz; BLEU seen / unseen / all on the 200 inputs;
+training minutes): ft 45.70 / 33.34 / 38.86 (13.5); prefix-kv 38.30 / 27.56 / 32.40 (10.7);
+adapter-0.1 29.78 / 18.34 / 23.47 (6.3); ft-top2 9.99 / 3.15 / 6.40 (3.1); emb-10 6.24 /
+4.26 / 5.24 (7.6). 100 inputs: ft 14.99, prefix-kv 12.40 (all); 500: prefix-kv 16.61.
+Adapter-3, prefix-hidden, infix, emb-1 and the sweeps are not run yet.
 """
 
 import math

@@ -3,7 +3,7 @@
 import pytest
 
 from experiments import (dart_gpt2_medium, e2e_gpt2_medium, methods, pretrain_base_lm, tiny, tiny_llama,
-                         webnlg_gpt2_medium, webnlg_small, webnlg_small_row, webnlg_smollm2, xsum_bart_large,
+                         webnlg_gpt2_medium, webnlg_small, webnlg_small_row, webnlg_smollm2, webnlg_smollm2_row, xsum_bart_large,
                          xsum_tiny)
 from prefix_jax import checkpoint, errors, loop, validation
 
@@ -13,6 +13,7 @@ SHIPPED = [
     xsum_bart_large.get_config("/models/bart-large"),
     *[module.get_config("/models/gpt2-medium") for module in (dart_gpt2_medium, e2e_gpt2_medium, webnlg_gpt2_medium)],
     *[webnlg_small_row.get_config(method) for method in sorted(methods.METHODS)],
+    *[webnlg_smollm2_row.get_config(f"{method}{paper}") for method in sorted(methods.METHODS) for paper in ("", ",paper=1")],
 ]
 
 
@@ -37,6 +38,7 @@ def _tiny(**overrides):
         ({"checkpoint.every": 0}, "checkpoint.every is 0; it must be an integer >= 1"),
         ({"checkpoint.keep": 0}, "checkpoint.keep is 0; it must be an integer >= 1"),
         ({"data.num_train": -5}, "data.num_train is -5; it must be an integer >= 0"),
+        ({"decode.max_inputs": -1}, "decode.max_inputs is -1; it must be an integer >= 0"),
         ({"train.num_steps": 0}, "train.num_steps is 0; it must be an integer >= 1"),
         ({"train.eval_every": 0}, "train.eval_every is 0"),
         ({"train.eval_sequences": -1}, "train.eval_sequences is -1; it must be an integer >= 0"),

@@ -21,11 +21,11 @@ Parameters trained (SmolLM2-135M: 134,515,008 base parameters; served numbers fo
   ft 134,515,008 (100%); ft-top2 (2 of 30 layers) 7,080,192 (5.26%);
   adapter-0.1 r=1: 103,740 (0.077%; r=2 would be 0.129%); adapter-3 r=58: 4,047,000 (3.01%);
   prefix-kv / infix n=10: 115,200 served (0.086%; the MLP trained with it is dropped after training);
-  prefix-hidden n=10: 172,800 (0.13%); emb-1 576; emb-10 5,760.
+  prefix-hidden n=10: 172,800 trained (0.13%), served as 115,200 K/V numbers; emb-1 576; emb-10 5,760.
 
 Settings. The paper's (Appendix A; github XiangLi1999/PrefixTuning): prefix lr 5e-5, 5 epochs,
 batch 5; FT 1e-5, 10 epochs; FT-top2 5e-5; adapters 5e-5; AdamW, linear decay, beam 5. On 2
-CPU cores an epoch of SmolLM2 costs ~2.2 hours, so every full-data row here trains on the same
+CPU cores an epoch of SmolLM2 costs 1.4 to 2.2 hours (2,243 steps of 2.2 to 3.5 s), so every full-data row here trains on the same
 token budget instead: 160 steps of 2 packed rows of 288 tokens (~1,040 training texts, about a
 fourteenth of an epoch; EMB and infix rows cannot pack and take 130 steps of 8 padded texts), 20
 warmup steps, then linear decay. Learning rates: prefix-style and adapters 1e-3 (the default

@@ -21,6 +21,8 @@ import subprocess
 import sys
 import tempfile
 
+from prefix_jax import prefix_file
+
 REPORT_FILES = ("config.json", "summary.json", "metrics.jsonl", "generations")
 
 
@@ -58,9 +60,10 @@ def verify(config_file: str, name: str, arg: str, root: str, overrides, prefix_d
     """Imports `prefix_dir` (what `export` wrote for run `name`) into a new workdir and decodes
     it as the run was decoded; returns the scores, after checking that the generations (and so
     the scores) are the run's."""
-    own = os.path.isfile(os.path.join(prefix_dir, "prefix_config.json"))
-    with open(os.path.join(prefix_dir, "prefix_config.json" if own else "adapter_config.json")) as f:
-        kind = json.load(f)["kind"] if own else "kv"  # PEFT holds K/V: kv as is, hidden compiled.
+    kind = "kv"  # PEFT holds K/V: kv as is, hidden compiled.
+    if prefix_file.is_prefix_dir(prefix_dir):
+        with open(os.path.join(prefix_dir, prefix_file.CONFIG)) as f:
+            kind = json.load(f)["kind"]
     imported_root = tempfile.mkdtemp(prefix="verify_")
     flags = [*overrides, f"--config.prefix.kind={kind}", "--config.prefix.reparam_dim=0"]
     for action, extra in ((["import"], [f"--adapter={prefix_dir}"]), (["decode"], [])):
@@ -104,11 +107,12 @@ def main(argv, *, doc: str, config_file: str, runs: dict[str, str], root: str) -
             print(f"{name}: finished, skipped.")
         else:
             subprocess.run(cmd, check=True)
-        if args.export and _is_prefix_run(workdir):
+        prefix_run = bool(args.export or args.verify) and _is_prefix_run(workdir)
+        if args.export and prefix_run:
             out = os.path.join(args.export, name)
             subprocess.run(command(config_file, name, arg, args.root, [*args.overrides, f"--out={out}"], ["export"]),
                            check=True, stdout=subprocess.DEVNULL)
         if args.collect:
             _collect(workdir, os.path.join(args.collect, name))
-        if args.verify and _is_prefix_run(workdir):
+        if args.verify and prefix_run:
             verify(config_file, name, arg, args.root, args.overrides, os.path.join(args.verify, name))

@@ -34,7 +34,8 @@ def export_best(config: ml_collections.ConfigDict, workdir: str, out: str) -> di
     run = loop.setup(config, workdir, train_data=False, dev_data=False)
     _prefix_run(run)
     params, meta = loop.restore_best(run)
-    if run.exp.spec.kind in OWN_FORMAT:
+    own_format = run.exp.spec.kind in OWN_FORMAT
+    if own_format:
         prefix_file.save(out, run.exp.spec, params["prefix"], run.exp.model.config, config.base_weights)
     else:
         peft_adapter.save(
@@ -43,7 +44,7 @@ def export_best(config: ml_collections.ConfigDict, workdir: str, out: str) -> di
         )
     logging.info("Exported the prefix of step %d to %s.", meta["step"], out)
     return {"step": meta["step"], "adapter": out, "num_virtual_tokens": run.exp.spec.length,
-            "format": "prefix_jax" if run.exp.spec.kind in OWN_FORMAT else "peft"}
+            "format": "prefix_jax" if own_format else "peft"}
 
 
 def import_adapter(config: ml_collections.ConfigDict, workdir: str, adapter: str) -> dict:

@@ -78,6 +78,8 @@ def base_config(arg=None) -> ml_collections.ConfigDict:
             literal=False,  # hidden only: reference path (concatenate, run, slice)
             init="random",  # random | words
             init_tokens=(116, 97, 98, 108, 101),  # token ids for init="words" ("table" in bytes)
+            init_fit_steps=500,  # init="words" with reparam_dim > 0: Adam steps fitting the MLP to the words
+            init_fit_lr=1e-4,  # ... and their learning rate (the official code's 500 and 1e-4)
         )
     )
     config.train = ml_collections.ConfigDict(

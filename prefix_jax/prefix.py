@@ -32,6 +32,7 @@ from typing import Mapping, Optional, Sequence, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from prefix_jax.models.decoder import DecoderOnly
 from prefix_jax.models.layers import Geometry, layer_name
@@ -123,23 +124,31 @@ def _key_values(model: DecoderOnly, base_params: Params, hidden: Sequence) -> di
     return {name: jnp.stack([layer[name] for layer in kv]) for name in ("key", "value")}
 
 
-def init_from_tokens(spec: PrefixSpec, model: DecoderOnly, base_params: Params, tokens: Sequence[int]) -> Params:
+def init_from_tokens(
+    spec: PrefixSpec, model: DecoderOnly, base_params: Params, tokens: Sequence[int],
+    rng: Optional[jax.Array] = None, fit_steps: int = 500, fit_lr: float = 1e-4,
+) -> Params:
     """Prefix initialised from the activations of real words (Li & Liang, section 7.2).
 
     The frozen model reads `tokens` (e.g. the tokenised "table-to-text:") as an
     ordinary input; P^l is that input at layer l (hidden), or its keys and values
     (kv), or the embedding-layer activations (prompt). The tokens are cycled or
     truncated to the prefix length. Decoder-only models.
+
+    A reparameterised kv prefix cannot be set to those keys and values (the MLP has no
+    inverse): its MLP starts at random from `rng` and is fitted to them, as the official
+    code does (`low_data_init=3`: Adam, mean squared error, lr 1e-4, 500 steps).
     """
     if not isinstance(model, DecoderOnly):
         raise ValueError("init='words' is defined for decoder-only models; use init='random'.")
-    if spec.reparam_dim:
-        raise ValueError(
-            "init='words' is not defined for a reparameterised kv prefix (the MLP has no "
-            "inverse); use reparam_dim=0 or init='random'."
-        )
     if len(tokens) == 0:
         raise ValueError("init='words' needs at least one token.")
+    if spec.reparam_dim:
+        if rng is None:
+            raise ValueError("init='words' with reparam_dim > 0 needs an rng for the MLP it fits.")
+        geometry = model.config.prefix_geometry
+        target = init_from_tokens(dataclasses.replace(spec, reparam_dim=0), model, base_params, tokens)
+        return fit_reparameterisation(init_random(spec, geometry, rng), target, geometry, fit_steps, fit_lr)
     words = jnp.asarray(np.resize(np.asarray(tokens, np.int32), spec.length))[None]  # [1, n]
     _, state = model.apply({"params": base_params}, words, mutable=["intermediates"])
     layer_inputs = [  # L x [n, d]
@@ -150,6 +159,24 @@ def init_from_tokens(spec: PrefixSpec, model: DecoderOnly, base_params: Params, 
     if spec.kind == "hidden":
         return {"hidden": jnp.stack(layer_inputs)}
     return _key_values(model, base_params, layer_inputs)
+
+
+def fit_reparameterisation(params: Params, target: dict, geometry: Geometry, steps: int, lr: float) -> Params:
+    """The MLP's parameters moved (Adam, `steps` full-batch steps) to output `target`'s K/V."""
+    optimizer = optax.adam(lr)
+
+    def squared_error(p):
+        kv = _reparameterise(p, geometry)
+        return (jnp.mean((kv["key"] - target["key"]) ** 2) + jnp.mean((kv["value"] - target["value"]) ** 2)) / 2
+
+    def step(carry, _):
+        p, state = carry
+        grads = jax.grad(squared_error)(p)
+        updates, state = optimizer.update(grads, state, p)
+        return (optax.apply_updates(p, updates), state), None
+
+    (params, _), _ = jax.jit(lambda p: jax.lax.scan(step, (p, optimizer.init(p)), None, length=steps))(params)
+    return params
 
 
 def _reparameterise(params: Params, g: Geometry) -> dict:

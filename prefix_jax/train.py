@@ -188,7 +188,10 @@ def init_prefix(config, spec, model, base_params, rng) -> dict:
     if config.prefix.init == "random":
         return prefix_lib.init_random(spec, model.config.prefix_geometry, rng)
     if config.prefix.init == "words":
-        return prefix_lib.init_from_tokens(spec, model, base_params, config.prefix.init_tokens)
+        return prefix_lib.init_from_tokens(
+            spec, model, base_params, config.prefix.init_tokens,
+            rng=rng, fit_steps=config.prefix.init_fit_steps, fit_lr=config.prefix.init_fit_lr,
+        )
     raise ConfigError(
         f"Unknown prefix.init {config.prefix.init!r}; expected one of {prefix_lib.INITS}."
     )

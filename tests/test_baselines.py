@@ -247,7 +247,7 @@ def test_smollm2_low_data_rows_and_real_word_initialisation():
     config = webnlg_smollm2_row.get_config("prefix-kv,size=50,seed=1")
     assert (config.data.num_train, config.train.seed, config.prefix.init, config.prefix.reparam_dim) == (50, 1, "random", 512)
     words = webnlg_smollm2_row.get_config("prefix-kv,size=50,seed=1,words=1").prefix
-    assert (words.init, words.reparam_dim, tuple(words.init_tokens)) == ("words", 0, webnlg_smollm2_row.TABLE_TO_TEXT)
+    assert (words.init, words.reparam_dim, tuple(words.init_tokens)) == ("words", 512, webnlg_smollm2_row.TABLE_TO_TEXT)
     assert words.length == len(webnlg_smollm2_row.TABLE_TO_TEXT)
     with pytest.raises(ValueError, match="has no prefix; words= does not apply"):
         webnlg_smollm2_row.get_config("ft,size=50,words=1")

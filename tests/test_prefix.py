@@ -84,10 +84,29 @@ def test_init_from_words_cycles_tokens_and_prompt_uses_embeddings(config, model,
         method=gpt2.GPT2.embed,
     )
     np.testing.assert_array_equal(params["prompt"], embedded[0])
-    with pytest.raises(ValueError, match="reparameterised"):
-        prefix_lib.init_from_tokens(
-            prefix_lib.PrefixSpec(kind="kv", length=2, reparam_dim=4), model, base_params, [1]
-        )
+
+
+def test_init_from_words_fits_a_reparameterised_prefix_to_the_words(config, model, base_params, tokens):
+    """The MLP has no inverse: it is fitted to the words' K/V, and then acts nearly as they do."""
+    words = [5, 9, 2, 30, 11]
+    spec = prefix_lib.PrefixSpec(kind="kv", length=len(words), reparam_dim=32)
+    plain = dataclasses.replace(spec, reparam_dim=0)
+    target = prefix_lib.init_from_tokens(plain, model, base_params, words)
+    fitted = prefix_lib.init_from_tokens(spec, model, base_params, words, rng=jax.random.key(0), fit_lr=1e-3)
+    start = prefix_lib.init_random(spec, config.prefix_geometry, jax.random.key(0))
+    error = lambda params: max(
+        float(jnp.linalg.norm(params[n] - target[n]) / jnp.linalg.norm(target[n])) for n in ("key", "value")
+    )
+    assert error(prefix_lib.fold(spec, start, config.prefix_geometry)[1]) > 0.5
+    folded_spec, folded = prefix_lib.fold(spec, fitted, config.prefix_geometry)
+    assert error(folded) < 1e-2
+    np.testing.assert_allclose(
+        _logits(model, base_params, folded_spec, folded, tokens),
+        _logits(model, base_params, plain, target, tokens),
+        atol=5e-3,
+    )
+    with pytest.raises(ValueError, match="needs an rng"):
+        prefix_lib.init_from_tokens(spec, model, base_params, words)
 
 
 @pytest.mark.parametrize(

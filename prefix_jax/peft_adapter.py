@@ -106,23 +106,17 @@ def _read(adapter_dir: str, expected: dict) -> tuple[dict, np.ndarray]:
     """(adapter_config.json, prompt_embeddings) after checking them against `expected` fields."""
     from safetensors.numpy import load_file
 
-    files = [os.path.join(adapter_dir, name) for name in (CONFIG, WEIGHTS)]
-    for file in files:
-        if not os.path.isfile(file):
-            raise AdapterFormatError(f"{file} does not exist; give a directory written by PeftModel.save_pretrained.")
-    config = records.read_json_object(
-        files[0], AdapterFormatError, "give a directory written by PeftModel.save_pretrained, or copy it again"
+    config = records.read_saved_config(
+        adapter_dir, CONFIG, WEIGHTS, error=AdapterFormatError,
+        fix="give a directory written by PeftModel.save_pretrained, or copy it again",
+        marker=("peft_type", "PREFIX_TUNING"), expected=expected,
     )
-    if config.get("peft_type") != "PREFIX_TUNING":
-        raise AdapterFormatError(f"{adapter_dir}: peft_type is {config.get('peft_type')!r}, not 'PREFIX_TUNING'.")
-    problems = [f"{k}={config.get(k)!r} (the model needs {v})" for k, v in expected.items() if config.get(k) != v]
-    if problems:
-        raise AdapterFormatError(f"{adapter_dir} was made for another model: " + ", ".join(problems) + ".")
-    tensors = load_file(files[1])
+    weights_file = os.path.join(adapter_dir, WEIGHTS)
+    tensors = load_file(weights_file)
     want = (config["num_virtual_tokens"], 2 * expected["num_layers"] * expected["token_dim"])
     if set(tensors) != {"prompt_embeddings"} or tensors["prompt_embeddings"].shape != want:
         found = {name: t.shape for name, t in tensors.items()}
-        raise AdapterFormatError(f"{files[1]} holds {found}; expected only prompt_embeddings of shape {want}.")
+        raise AdapterFormatError(f"{weights_file} holds {found}; expected only prompt_embeddings of shape {want}.")
     return config, tensors["prompt_embeddings"]
 
 

@@ -54,25 +54,19 @@ def load(prefix_dir: str, model_config) -> tuple[prefix_lib.PrefixSpec, dict]:
     """(plain PrefixSpec, params) of the prefix in `prefix_dir`, checked against the model."""
     from safetensors.numpy import load_file
 
-    files = [os.path.join(prefix_dir, name) for name in (CONFIG, WEIGHTS)]
-    for file in files:
-        if not os.path.isfile(file):
-            raise PrefixFormatError(f"{file} does not exist; give a directory written by the export command.")
-    config = records.read_json_object(files[0], PrefixFormatError, "export the prefix again")
-    if config.get("format") != FORMAT:
-        raise PrefixFormatError(f"{files[0]}: format is {config.get('format')!r}, not {FORMAT!r}.")
-    want = _geometry(model_config)
-    problems = [f"{k}={config.get(k)!r} (the model has {v})" for k, v in want.items() if config.get(k) != v]
-    if problems:
-        raise PrefixFormatError(f"{prefix_dir} was made for another model: " + ", ".join(problems) + ".")
+    config = records.read_saved_config(
+        prefix_dir, CONFIG, WEIGHTS, error=PrefixFormatError, fix="give a directory written by the export command",
+        marker=("format", FORMAT), expected=_geometry(model_config),
+    )
+    config_file, weights_file = (os.path.join(prefix_dir, name) for name in (CONFIG, WEIGHTS))
     try:
         spec = prefix_lib.PrefixSpec(kind=config.get("kind"), length=int(config.get("length")))
     except (TypeError, ValueError) as e:
-        raise PrefixFormatError(f"{files[0]}: bad kind or length ({e}); export the prefix again.") from None
+        raise PrefixFormatError(f"{config_file}: bad kind or length ({e}); export the prefix again.") from None
     shapes = jax.eval_shape(lambda key: prefix_lib.init_random(spec, model_config.prefix_geometry, key),
                             jax.random.key(0))
-    tensors = load_file(files[1])
+    tensors = load_file(weights_file)
     found, expected = {k: v.shape for k, v in tensors.items()}, {k: v.shape for k, v in shapes.items()}
     if found != expected:
-        raise PrefixFormatError(f"{files[1]} holds {found}; a {spec.kind} prefix of length {spec.length} needs {expected}.")
+        raise PrefixFormatError(f"{weights_file} holds {found}; a {spec.kind} prefix of length {spec.length} needs {expected}.")
     return spec, {name: jnp.asarray(value) for name, value in tensors.items()}

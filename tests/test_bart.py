@@ -140,6 +140,6 @@ def test_peft_seq2seq_prefix_imports_with_equal_logits(base, tmp_path):
     print(f"bart PEFT (decoder self-attention) -> import: max |logit diff| = {diff:.2e}")
     assert diff < ATOL
     assert hf_tiny.max_diff(ours(model, params), theirs, decoder_mask) > 0.1
-    with pytest.raises(peft_adapter.AdapterFormatError, match="num_transformer_submodules=2 \\(the model needs 1\\)"):
+    with pytest.raises(peft_adapter.AdapterFormatError, match="num_transformer_submodules=2 \\(the model has 1\\)"):
         peft_adapter.load(str(tmp_path), gpt2.GPT2Config(
             vocab_size=97, num_layers=2, num_heads=4, d_model=32, d_ff=64, max_len=64))

@@ -122,7 +122,7 @@ def test_bad_adapters_fail_clearly(base, tmp_path):
     spec = prefix_lib.PrefixSpec(kind="kv", length=N)
     peft_adapter.save(str(tmp_path), spec, prefix_lib.init_random(spec, model.config.prefix_geometry, jax.random.key(0)), model)
     other = gpt2.GPT2Config(vocab_size=97, num_layers=3, num_heads=4, d_model=32, d_ff=128, max_len=64)
-    with pytest.raises(peft_adapter.AdapterFormatError, match=r"num_layers=2 \(the model needs 3\)"):
+    with pytest.raises(peft_adapter.AdapterFormatError, match=r"num_layers=2 \(the model has 3\)"):
         peft_adapter.load(str(tmp_path), other)
     config_file = tmp_path / "adapter_config.json"
     config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "peft_type": "LORA"}))

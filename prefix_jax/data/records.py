@@ -116,3 +116,23 @@ def read_json_object(path: str, error: type[errors.UserError], fix: str) -> dict
     if not isinstance(value, dict):
         raise data_error(path, 1, f"holds a JSON {type(value).__name__}, not an object", fix, error)
     return value
+
+
+def read_saved_config(
+    directory: str, config_name: str, weights_name: str, *, error: type[errors.UserError], fix: str,
+    marker: tuple[str, str], expected: dict,
+) -> dict:
+    """The JSON config of a saved prefix directory, checked: both files are there, the config's
+    `marker` field (name, value) says what it holds, and its `expected` fields match the model."""
+    config_file, weights_file = (os.path.join(directory, name) for name in (config_name, weights_name))
+    for file in (config_file, weights_file):
+        if not os.path.isfile(file):
+            raise error(f"{file} does not exist; {fix}.")
+    config = read_json_object(config_file, error, fix)
+    field, value = marker
+    if config.get(field) != value:
+        raise error(f"{config_file}: {field} is {config.get(field)!r}, not {value!r}; {fix}.")
+    problems = [f"{k}={config.get(k)!r} (the model has {v})" for k, v in expected.items() if config.get(k) != v]
+    if problems:
+        raise error(f"{directory} was made for another model: " + ", ".join(problems) + ".")
+    return config

@@ -79,7 +79,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, train_data: bool =
         pad=pad, pack_width=config.data.pack_width, max_width=max_width,
     )
     train_batches = make_batches(encode("train"), True) if train_data else None
-    dev_batches = make_batches(_spread(encode("dev"), config.train.eval_sequences), False) if dev_data else None
+    dev_batches = make_batches(pipeline.spread(encode("dev"), config.train.eval_sequences), False) if dev_data else None
     mesh = sharding.make_mesh(config.mesh.to_dict())
     sharding.check_batch_size(config.train.batch_size, mesh)
     exp, state = create(config, mesh=mesh)
@@ -114,14 +114,6 @@ def _check_packing(config: ml_collections.ConfigDict) -> None:
             f"data.pack_width={width} cannot be used with {problem}; set data.pack_width=0 (length buckets) "
             f"or use a decoder-only model and a kv/hidden prefix."
         )
-
-
-def _spread(sequences: list, count: int) -> list:
-    """`count` sequences evenly spaced through `sequences` (all when count is 0): a dev loss
-    that samples every category without paying for the whole split at every evaluation."""
-    if count == 0 or count >= len(sequences):
-        return sequences
-    return [sequences[i] for i in np.linspace(0, len(sequences) - 1, count).round().astype(int)]
 
 
 def _saveable(state: TrainState, exp: Experiment, rng: jax.Array) -> dict:
@@ -485,7 +477,7 @@ def sample_inputs(inputs: list[Example], count: int) -> list[Example]:
     groups, chosen = sorted((g for g in (seen, unseen) if g), key=len), []
     for k, group in enumerate(groups):  # The smaller group first; the other takes what it leaves.
         take = min(len(group), (count - len(chosen)) // (len(groups) - k))
-        chosen += _spread(group, take) if take else []
+        chosen += pipeline.spread(group, take) if take else []
     return [inputs[i] for i in sorted(chosen)]
 
 

@@ -28,6 +28,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from prefix_jax.data import pipeline
 from prefix_jax.metrics import paper
 
 
@@ -242,9 +243,8 @@ def samples(runs: list[Run], count: int) -> str:
     by_run = [{g["source"]: g for g in run.generations} for run in runs]
     shared = [g for g in runs[0].generations if all(g["source"] in generations for generations in by_run)]
     pool = [g for g in shared if g.get("seen") is False] or shared
-    picked = [pool[i] for i in sorted(set(np.linspace(0, len(pool) - 1, count).round().astype(int)))] if pool else []
     lines = []
-    for g in picked:
+    for g in pipeline.spread(pool, count):
         lines += [f"* **{g.get('category') or 'input'}**: `{g['source'].strip()}`",
                   f"  * reference: {g['references'][0]}" if g["references"] else "  * reference: –"]
         lines += [f"  * {run.name}: {generations[g['source']]['generation']}" for run, generations in zip(runs, by_run)]

@@ -6,7 +6,6 @@ import ml_collections
 import numpy as np
 import pytest
 
-from prefix_jax import loop
 from prefix_jax.errors import ConfigError
 from prefix_jax.data import pipeline, synthetic
 from prefix_jax.data import tokenizer as tokenizer_lib
@@ -152,5 +151,5 @@ def test_batching_errors_are_clear(byte_tokenizer):
 def test_dev_loss_sequences_are_spread_over_the_split():
     """train.eval_sequences: evenly spaced, first and last included, all when 0 or too many."""
     sequences = list(range(100))
-    assert loop._spread(sequences, 5) == [0, 25, 50, 74, 99]
-    assert loop._spread(sequences, 0) == loop._spread(sequences, 200) == sequences
+    assert pipeline.spread(sequences, 5) == [0, 25, 50, 74, 99]
+    assert pipeline.spread(sequences, 0) == pipeline.spread(sequences, 200) == sequences

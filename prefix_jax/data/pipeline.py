@@ -35,6 +35,14 @@ Encoded = tuple[np.ndarray, np.ndarray]  # tokens [len] int32, loss_mask [len] f
 Seq2SeqEncoded = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
+def spread(items: Sequence, count: int) -> list:
+    """`count` items evenly spaced through `items` (all when count is 0 or covers them): a
+    sample that reaches every category of a split sorted by category, first and last included."""
+    if count == 0 or count >= len(items):
+        return list(items)
+    return [items[i] for i in np.linspace(0, len(items) - 1, count).round().astype(int)]
+
+
 def _segment(tokenizer: Tokenizer, text: str) -> list[int]:
     """` {text} <|endoftext|>`, one half of the format."""
     return tokenizer.encode(f" {text} ", add_special_tokens=False).ids + [tokenizer_lib.eos_id(tokenizer)]

@@ -138,6 +138,8 @@ def base_config(arg=None) -> ml_collections.ConfigDict:
             length_penalty=1.0,  # beam only: score = sum(log p) / length**length_penalty
             early_stopping=True,  # beam only: stop a row at beam_size finished hypotheses
             no_repeat_ngram_size=0,  # 0 = off; n-grams of the generated tokens only
+            min_new_tokens=0,  # EOS is banned before this many new tokens (Li & Liang: 5)
+            ban_newlines=False,  # never generate a token whose text holds a newline (Li & Liang do so)
             temperature=1.0,  # sample only
             top_k=0,  # sample only; 0 = off
             top_p=1.0,  # sample only; 1.0 = off

@@ -67,6 +67,6 @@ def get_config(arg, *, data: dict, prefix: dict, baselines: dict, train_pairs: i
     )
     config.data.update(**data, tokenizer=os.path.join(base_weights, "tokenizer.json"))
     config.checkpoint.every = 1000
-    # Li & Liang decode table-to-text with beam search (beam 5).
-    config.decode.update(max_new_tokens=100, strategy="beam", beam_size=5)
+    # Li & Liang decode table-to-text with beam search (beam 5), at least 5 tokens, no newlines.
+    config.decode.update(max_new_tokens=100, strategy="beam", beam_size=5, min_new_tokens=5, ban_newlines=True)
     return config

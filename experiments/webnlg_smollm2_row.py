@@ -38,7 +38,8 @@ paper=1: Appendix A's settings (experiments/webnlg_gpt2_medium.py) on the 15,005
 texts kept: per method lr, epochs and batch size (prefix: 5e-5, 5 epochs, batch 5, length 5;
 FT 1e-5, 10 epochs, batch 6; ...), padded batches, no warmup, the loss summed per sequence,
 dev loss at the end only (the dev split holds the unseen inputs: no checkpoint is chosen on
-them), and beam search (5, up to 100 new tokens) over all 1,952 evaluation inputs.
+them), and beam search (5, 5 to 100 new tokens, newline tokens banned) over all 1,952
+evaluation inputs.
 Low data (size > 0): the first `size` training inputs, 100 steps of 2 packed rows, 10 warmup
 steps, the table's prefix otherwise (Fig. 3); no early stopping on a held-out dev slice.
 words=1 initialises the prefix from the activations of the words "table-to-text:" (Fig. 5;
@@ -107,4 +108,5 @@ def _paper_protocol(config, method: str) -> None:
     config.checkpoint.every = 1000
     if methods.has_prefix(method) and method.startswith(("prefix", "infix")):
         config.prefix.length = hparams["length"]
-    config.decode.update(strategy="beam", beam_size=5, max_new_tokens=100, max_inputs=0, batch_size=16)
+    config.decode.update(strategy="beam", beam_size=5, max_new_tokens=100, min_new_tokens=5, ban_newlines=True,
+                         max_inputs=0, batch_size=16)

@@ -412,12 +412,17 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return result
 
 
-def decode_options(c: ml_collections.ConfigDict) -> decode_lib.Options:
-    """The `decode` config section as decoder options (bad values are errors here)."""
+def decode_options(c: ml_collections.ConfigDict, tokenizer=None) -> decode_lib.Options:
+    """The `decode` config section as decoder options (bad values are errors here); the
+    tokenizer says which tokens `ban_newlines` bans."""
+    if c.ban_newlines and tokenizer is None:
+        raise ValueError("decode.ban_newlines needs the tokenizer to find the newline tokens.")
     return decode_lib.Options(
         strategy=c.strategy, max_new_tokens=c.max_new_tokens, beam_size=c.beam_size,
         length_penalty=c.length_penalty, early_stopping=c.early_stopping,
-        no_repeat_ngram_size=c.no_repeat_ngram_size, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p,
+        no_repeat_ngram_size=c.no_repeat_ngram_size, min_new_tokens=c.min_new_tokens,
+        banned_tokens=tokenizer_lib.newline_ids(tokenizer) if c.ban_newlines else (),
+        temperature=c.temperature, top_k=c.top_k, top_p=c.top_p,
     )
 
 
@@ -429,7 +434,7 @@ def _generate(config, exp: Experiment, params: dict, tokenizer, inputs: list[Exa
     (`data.max_source_len`), right-padded, the decoder started from `pipeline.decoder_prompt`.
     """
     c = config.decode
-    options, eos = decode_options(c), tokenizer_lib.eos_id(tokenizer)
+    options, eos = decode_options(c, tokenizer), tokenizer_lib.eos_id(tokenizer)
     served = decode_lib.serve(exp.spec, params.get("prefix", {}), exp.model, params["base"])
     if families.of(exp.model).encoder_decoder:
         start_tokens, room = pipeline.decoder_prompt(tokenizer), config.data.max_source_len

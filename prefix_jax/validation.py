@@ -40,6 +40,7 @@ AT_LEAST = {
     "decode.beam_size": 1,
     "decode.top_k": 0,
     "decode.no_repeat_ngram_size": 0,
+    "decode.min_new_tokens": 0,
     "decode.max_inputs": 0,
     "serve.max_len": 2,  # A prompt token and a new one.
     "serve.rows": 1,

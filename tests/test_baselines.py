@@ -234,8 +234,9 @@ def test_smollm2_paper_protocol_is_appendix_a_on_the_texts_kept():
     texts = sum(len(e.references) for e in sources.read(config.data, "train"))
     assert texts == webnlg_smollm2_row.TRAIN_TEXTS
     assert (config.train.lr, config.train.batch_size, config.train.num_steps) == (5e-5, 5, 5 * math.ceil(texts / 5))
-    assert (config.prefix.length, config.train.loss_per, config.decode.strategy, config.decode.max_inputs) == (
-        5, "sequence", "beam", 0)
+    d = config.decode
+    assert (config.prefix.length, config.train.loss_per, d.strategy, d.min_new_tokens, d.ban_newlines, d.max_inputs) == (
+        5, "sequence", "beam", 5, True, 0)
     assert config.train.eval_every == config.train.num_steps  # No checkpoint chosen on the unseen inputs.
     ft = webnlg_smollm2_row.get_config("ft,paper=1").train
     assert (ft.lr, ft.batch_size, ft.num_steps) == (1e-5, 6, 10 * math.ceil(texts / 6))

@@ -1,5 +1,6 @@
 """The reference greedy decoder; the cached greedy, beam and sampling decoders; prefix banks."""
 
+import collections
 import dataclasses
 import itertools
 
@@ -10,6 +11,7 @@ import pytest
 
 from prefix_jax import decode
 from prefix_jax import prefix as prefix_lib
+from prefix_jax.data import tokenizer as tokenizer_lib
 from prefix_jax.models import gpt2, families
 
 EOS = 36
@@ -130,7 +132,10 @@ def _log_probs(model, base_params, inputs, source, sequences):
 
 @pytest.mark.parametrize("length_penalty", [0.0, 1.0, 2.0])
 @pytest.mark.parametrize("name", ["none", "kv"])
-def test_wide_beam_finds_the_exhaustive_optimum(length_penalty, name):
+@pytest.mark.parametrize("min_new_tokens, banned_tokens", [(0, ()), (2, (1,))])
+def test_wide_beam_finds_the_exhaustive_optimum(length_penalty, name, min_new_tokens, banned_tokens):
+    """Beam search as wide as the search space finds the best hypothesis; with bans, the best
+    one that has no banned token and no EOS before min_new_tokens (scored unrenormalised)."""
     config = gpt2.GPT2Config(vocab_size=5, num_layers=2, num_heads=2, d_model=16, d_ff=32, max_len=16)
     model = gpt2.GPT2(config)
     base = jax.tree.map(lambda x: 10.0 * x, families.init_params(model, jax.random.key(3)))
@@ -139,7 +144,8 @@ def test_wide_beam_finds_the_exhaustive_optimum(length_penalty, name):
     sources = [[1, 2, 3], [0, 2]]
     tokens, mask = _padded(sources)
     options = decode.Options(strategy="beam", beam_size=vocab**steps, max_new_tokens=steps,
-                             length_penalty=length_penalty, early_stopping=False)
+                             length_penalty=length_penalty, early_stopping=False,
+                             min_new_tokens=min_new_tokens, banned_tokens=banned_tokens)
     got = decode.strip_after_eos(decode.generate(base, decode.serve(spec, prefix, model, base), tokens, mask,
                                                  model=model, options=options, eos_id=eos), eos)
     inputs = prefix_lib.model_inputs(spec, prefix, config.prefix_geometry)
@@ -149,11 +155,37 @@ def test_wide_beam_finds_the_exhaustive_optimum(length_penalty, name):
         scored = {}  # Every hypothesis: ends at its first EOS or runs to `steps` tokens.
         for seq, token_logprobs in zip(sequences, logprobs):
             length = seq.index(eos) + 1 if eos in seq else steps
+            if length <= min_new_tokens and eos in seq or set(seq[:length]) & set(banned_tokens):
+                continue
             scored[seq[:length]] = float(token_logprobs[:length].sum()) / length**length_penalty
         best = max(scored, key=scored.get)
         ranked = sorted(scored.values(), reverse=True)
         assert ranked[0] - ranked[1] > 1e-4, "the optimum should be unique"
         assert got[row] == [t for t in best if t != eos], (row, scored[tuple(got[row])], scored[best])
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "sample", "beam"])
+def test_banned_tokens_and_min_new_tokens(config, model, base_params, strategy):
+    tokens, mask = _padded()
+    run = lambda **kw: decode.strip_after_eos(decode.generate(
+        base_params, {}, tokens, mask, model=model, eos_id=20, rng=jax.random.key(0),
+        options=decode.Options(strategy=strategy, beam_size=3, max_new_tokens=8, temperature=0.5, **kw)), 20)
+    free = run()
+    assert min(map(len, free)) < 3, "some row should end early"
+    frequent = collections.Counter(t for row in free for t in row).most_common(2)
+    banned = tuple(t for t, _ in frequent)
+    for row in run(banned_tokens=banned):
+        assert not set(row) & set(banned), row
+    assert all(len(row) >= 3 for row in run(min_new_tokens=3))
+    assert run(min_new_tokens=0, banned_tokens=()) == free
+    with pytest.raises(ValueError, match="min_new_tokens must be in"):
+        decode.Options(max_new_tokens=4, min_new_tokens=5)
+
+
+def test_newline_tokens_of_a_byte_level_vocabulary():
+    tokenizer = tokenizer_lib.byte_level()
+    newlines = tokenizer_lib.newline_ids(tokenizer)
+    assert [tokenizer.decode([i]) for i in newlines] == ["\n"]
 
 
 def test_no_repeat_ngram(config, model, base_params):
@@ -267,9 +299,15 @@ def test_decode_config_section_maps_to_options():
 
     config = tiny.get_config()
     assert loop.decode_options(config.decode) == decode.Options(max_new_tokens=96, beam_size=5)
+    config.decode.update(min_new_tokens=5, ban_newlines=True)
+    tokenizer = tokenizer_lib.load(config.data.tokenizer)
+    options = loop.decode_options(config.decode, tokenizer)
+    assert (options.min_new_tokens, options.banned_tokens) == (5, tokenizer_lib.newline_ids(tokenizer))
+    with pytest.raises(ValueError, match="ban_newlines needs the tokenizer"):
+        loop.decode_options(config.decode)
     config.decode.strategy = "top_p"
     with pytest.raises(ValueError, match="Unknown decode strategy 'top_p'"):
-        loop.decode_options(config.decode)
+        loop.decode_options(config.decode, tokenizer)
 
 
 @pytest.mark.parametrize("kind", ["kv", "infix", "prompt"])

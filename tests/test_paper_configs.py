@@ -26,6 +26,8 @@ def test_paper_configs(module, lr, length, batch, steps):
     assert (config.train.lr, config.prefix.length, config.train.batch_size) == (lr, length, batch)
     assert config.train.num_steps == steps and config.prefix.reparam_dim == 512
     assert (config.train.loss_per, config.train.warmup_steps, config.train.seed) == ("sequence", 0, 101)
+    d = config.decode
+    assert (d.strategy, d.beam_size, d.min_new_tokens, d.ban_newlines, d.max_new_tokens) == ("beam", 5, 5, True, 100)
     with pytest.raises(ValueError, match="Give the Hugging Face GPT-2 medium directory"):
         module.get_config()
 

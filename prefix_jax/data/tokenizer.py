@@ -65,6 +65,13 @@ def eos_id(tokenizer: Tokenizer) -> int:
     return tokenizer.token_to_id(BART_EOS) if eos is None else eos
 
 
+def newline_ids(tokenizer: Tokenizer) -> tuple[int, ...]:
+    """Every token whose text holds a newline (GPT-2's "\\n" and "\\n\\n", and the many
+    merged ones of a larger vocabulary): what Li & Liang ban when decoding."""
+    texts = tokenizer.decode_batch([[i] for i in range(tokenizer.get_vocab_size())], skip_special_tokens=False)
+    return tuple(i for i, text in enumerate(texts) if "\n" in text)
+
+
 def bos_id(tokenizer: Tokenizer):
     """BART's `<s>` (HF's tokenizer starts every source and target with it), or None."""
     return tokenizer.token_to_id(BART_BOS)

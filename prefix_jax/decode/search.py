@@ -24,6 +24,9 @@ class Options:
     once it has beam_size finished hypotheses; False goes on until no live beam can still
     beat the worst of them (exact). no_repeat_ngram_size bans repeating an n-gram of the
     generated tokens (not the source: copying entity names from the table is the task).
+    min_new_tokens bans EOS before that many tokens; banned_tokens are never generated
+    (Li & Liang decode with both: min length 5, newline tokens banned). As in Hugging Face's
+    logits processors, beam search bans on the log-probabilities without renormalising.
     """
 
     strategy: str = "greedy"
@@ -32,6 +35,8 @@ class Options:
     length_penalty: float = 1.0
     early_stopping: bool = True
     no_repeat_ngram_size: int = 0
+    min_new_tokens: int = 0
+    banned_tokens: tuple[int, ...] = ()
     temperature: float = 1.0
     top_k: int = 0  # 0: no top-k filter.
     top_p: float = 1.0  # 1: no nucleus filter.
@@ -49,6 +54,10 @@ class Options:
             raise ValueError(f"Need top_k >= 0 and 0 < top_p <= 1, got top_k={self.top_k}, top_p={self.top_p}.")
         if self.no_repeat_ngram_size < 0:
             raise ValueError(f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}.")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError(f"min_new_tokens must be in [0, max_new_tokens={self.max_new_tokens}], got {self.min_new_tokens}.")
+        if not isinstance(self.banned_tokens, tuple) or any(t < 0 for t in self.banned_tokens):
+            raise ValueError(f"banned_tokens must be a tuple of token ids, got {self.banned_tokens!r}.")
 
 
 def strip_after_eos(new_tokens: np.ndarray, eos_id: int) -> list[list[int]]:
@@ -68,6 +77,16 @@ def search(step, logits, rows, options, eos_id, rng):
     if options.strategy == "beam":
         return _beam_search(step, logits, rows, options, eos_id)
     return _greedy_or_sample(step, logits, rows, options, eos_id, rng)
+
+
+def _bans(generated, t, options: Options, eos_id: int, vocab_size: int):
+    """[rows, vocab] bool: what step t may not choose (repeated n-grams, banned tokens, early EOS)."""
+    bans = _ngram_bans(generated, t, options.no_repeat_ngram_size, vocab_size)
+    if options.banned_tokens:
+        bans = bans.at[:, jnp.asarray(options.banned_tokens)].set(True)
+    if options.min_new_tokens:
+        bans = bans.at[:, eos_id].max(t < options.min_new_tokens)
+    return bans
 
 
 def _ngram_bans(generated, t, size: int, vocab_size: int):
@@ -108,7 +127,7 @@ def _greedy_or_sample(step, logits, cache, options, eos_id, rng):
     rows, steps = logits.shape[0], options.max_new_tokens
 
     def choose(logits, generated, t):
-        logits = jnp.where(_ngram_bans(generated, t, options.no_repeat_ngram_size, logits.shape[-1]), -jnp.inf, logits)
+        logits = jnp.where(_bans(generated, t, options, eos_id, logits.shape[-1]), -jnp.inf, logits)
         if options.strategy == "greedy":
             return jnp.argmax(logits, axis=-1)
         return jax.random.categorical(jax.random.fold_in(rng, t), filter_logits(
@@ -147,7 +166,7 @@ def _beam_search(step, logits, cache, options, eos_id):
     def body(carry):
         t, logits, cache, alive, alive_score, fin, fin_score, done = carry
         logprobs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [batch * beams, vocab]
-        bans = _ngram_bans(alive.reshape(batch * beams, steps), t, options.no_repeat_ngram_size, vocab)
+        bans = _bans(alive.reshape(batch * beams, steps), t, options, eos_id, vocab)
         logprobs = jnp.where(bans, neg_inf, logprobs).reshape(batch, beams, vocab)
         candidates = (alive_score[:, :, None] + logprobs).reshape(batch, beams * vocab)
         score, index = jax.lax.top_k(candidates, 2 * beams)  # [batch, 2 * beams]

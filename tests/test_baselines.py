@@ -4,6 +4,7 @@ import dataclasses
 import math
 import os
 import shutil
+import subprocess
 
 import jax
 import jax.numpy as jnp
@@ -268,6 +269,28 @@ def test_the_smollm2_table_lists_every_row_and_runs_by_name(capsys):
     with pytest.raises(SystemExit):
         table.main(["--names=lora"], doc="", runs=runs, config_file="", root="")
     assert "--names: no run called ['lora']" in capsys.readouterr().err
+
+
+def test_the_gpu_script_runs_every_method_at_the_paper_protocol(tmp_path, capsys):
+    """launch/webnlg_smollm2_gpu.sh with a `python` that records its arguments: the table runner
+    accepts them and prints each method's paper=1 command with the overrides."""
+    fake = tmp_path / "bin" / "python"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$ARGS_FILE"\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}", "ARGS_FILE": str(tmp_path / "args")}
+    script = os.path.join(ROOT, "launch", "webnlg_smollm2_gpu.sh")
+    subprocess.run(["bash", script, str(tmp_path / "results"), "", "--config.train.num_steps=1"], env=env, check=True)
+    args = (tmp_path / "args").read_text().splitlines()
+    assert args[:3] == ["-m", "experiments.webnlg_smollm2_table", "--run"]
+    assert f"--collect={tmp_path / 'results'}/runs" in args and f"--export={tmp_path / 'results'}/prefixes" in args
+    table.main(args[3:], doc="", config_file=webnlg_smollm2_table.CONFIG, runs=webnlg_smollm2_table.runs(),
+               root="")  # Without --run: prints the commands.
+    commands = capsys.readouterr().out.splitlines()
+    assert len(commands) == len(webnlg_smollm2_row.METHODS)
+    for method, command in zip(webnlg_smollm2_table.ORDER, commands):
+        assert f"webnlg_smollm2_row.py:{method},paper=1 " in command and "workdir/webnlg_smollm2_paper/" in command
+        assert command.endswith("--config.train.num_steps=1")
 
 
 def test_the_table_runner_runs_exports_prefixes_and_collects_report_files(tmp_path, monkeypatch, capsys):

@@ -69,10 +69,18 @@ class Served:
     def __init__(self, prefixes: dict, log: str, **overrides):
         self.process, self.url = server.launch(f"{ROOT}/experiments/webnlg_small.py", prefixes,
                                                {**OVERRIDES, **overrides}, log, cwd=ROOT)
+        self.terminated = False
+
+    def terminate(self) -> None:
+        """One SIGTERM: graceful shutdown. A second one while the server exits is the default
+        action (killed by the signal), so stop() never sends another."""
+        if not self.terminated:
+            self.terminated = True
+            self.process.send_signal(signal.SIGTERM)
 
     def stop(self, timeout=60) -> int:
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            self.terminate()
         return self.process.wait(timeout)
 
 
@@ -241,8 +249,7 @@ def test_load_nothing_lost_or_mixed_up_and_queue_limit(tasks, tmp_path):
                 requests = [_greedy("ab"[i % 2], PROMPTS[i % 3]) for i in range(48)]
                 answers = await asyncio.gather(*(_post(session, running.url, r) for r in requests))
                 # Graceful shutdown: a request in flight when SIGTERM arrives still completes.
-                terminate = lambda: running.process.send_signal(signal.SIGTERM)
-                last = await _stream(session, running.url, _greedy("b", PROMPTS[2], max_tokens=40), terminate)
+                last = await _stream(session, running.url, _greedy("b", PROMPTS[2], max_tokens=40), running.terminate)
                 return requests, answers, last
 
         requests, answers, last = _run(go())

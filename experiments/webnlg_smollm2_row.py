@@ -58,9 +58,10 @@ training minutes): ft 45.70 / 33.34 / 38.86 (13.5); adapter-3 45.67 / 30.64 / 37
 infix 35.38 / 31.42 / 33.18 (9.7); prefix-kv 38.30 / 27.56 / 32.40 (10.7); prefix-hidden
 38.55 / 25.35 / 31.26 (8.7); prefix-kv,length=5 28.51 / 26.45 / 27.46 (7.0); adapter-0.1
 29.78 / 18.34 / 23.47 (6.3); ft-top2 9.99 / 3.15 / 6.40 (3.1); emb-10 6.24 / 4.26 / 5.24
-(7.6). Low data (all), sizes 50 / 100 / 200 / 500: ft 13.02 / 14.99 / 13.81 / 17.42,
-prefix-kv 12.72 / 12.40 / 14.61 / 16.61; words=1 at 100: 12.33. Emb-1, lengths 1 / 20 / 40
-and second seeds are not run yet.
+(7.6); emb-1 1.47 / 0.51 / 1.11 (9.2). prefix-kv lengths 1 / 20 / 40 (all): 25.11 / 34.79 /
+34.13. Low data (all), sizes 50 / 100 / 200 / 500: ft 13.02 / 14.99 / 13.81 / 17.42,
+prefix-kv 12.72 / 12.40 / 14.61 / 16.61, words=1 13.48 / 12.33 / 13.28 / 17.88. Second
+seeds are not run yet.
 """
 
 import math

@@ -59,9 +59,10 @@ infix 35.38 / 31.42 / 33.18 (9.7); prefix-kv 38.30 / 27.56 / 32.40 (10.7); prefi
 38.55 / 25.35 / 31.26 (8.7); prefix-kv,length=5 28.51 / 26.45 / 27.46 (7.0); adapter-0.1
 29.78 / 18.34 / 23.47 (6.3); ft-top2 9.99 / 3.15 / 6.40 (3.1); emb-10 6.24 / 4.26 / 5.24
 (7.6); emb-1 1.47 / 0.51 / 1.11 (9.2). prefix-kv lengths 1 / 20 / 40 (all): 25.11 / 34.79 /
-34.13. Low data (all), sizes 50 / 100 / 200 / 500: ft 13.02 / 14.99 / 13.81 / 17.42,
-prefix-kv 12.72 / 12.40 / 14.61 / 16.61, words=1 13.48 / 12.33 / 13.28 / 17.88. Second
-seeds are not run yet.
+34.13. Low data (all), sizes 50 / 100 / 200 / 500, seed 0: ft 13.02 / 14.99 / 13.81 / 17.42,
+prefix-kv 12.72 / 12.40 / 14.61 / 16.61, words=1 13.48 / 12.33 / 13.28 / 17.88; seed 1 (2
+cores of an AMD EPYC), sizes 50 / 100: ft 12.96 / 13.92, prefix-kv 11.40 / 15.47. The other
+second seeds are not run yet.
 """
 
 import math

@@ -64,6 +64,16 @@ def interleaved_medians(runners: dict, repetitions: int) -> dict:
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+def per_token_seconds(short_seconds: float, long_seconds: float, short: int, long: int) -> float:
+    """Per-token decoding time as the slope between two generation lengths (the prefill cancels).
+    Noise larger than the difference makes the slope zero or negative: an error, not a figure."""
+    slope = (long_seconds - short_seconds) / (long - short)
+    if slope <= 0:
+        raise RuntimeError(f"Per-token latency came out {slope:.3g} s ({long} new tokens took no longer than {short}): "
+                           "the timings are noise; rerun with more --repetitions on a quieter machine.")
+    return slope
+
+
 def matmul(size: int, dtype) -> tuple:
     """(run, flops): a compiled, warmed-up [size, size] @ [size, size] and its FLOP count.
 

@@ -117,7 +117,7 @@ def benchmark(size: str, repetitions: int, batch_sizes: tuple = BATCH_SIZES) -> 
         seconds = common.interleaved_medians(jax_runners, repetitions)
         torch_runners, applied = _torch_runners(with_prefix, tokens, mask, (short, long))
         seconds.update(common.interleaved_medians(torch_runners, repetitions))
-        latency = {name: (seconds[(name, long)] - seconds[(name, short)]) / (long - short)
+        latency = {name: common.per_token_seconds(seconds[(name, short)], seconds[(name, long)], short, long)
                    for name in (OURS, OURS_BASE, HF, HF_BASE)}
         rows[str(batch)] = {name: {
             "per_token_seconds": latency[name], "tokens_per_second": batch / latency[name],

@@ -113,8 +113,9 @@ def _hf_peft_batch1(config, preset: str, repetitions: int) -> float:
     short, long = hf_decode.NEW_TOKENS[preset]
     tokens, mask = hf_decode.sources(config, 1)
     runners, _ = hf_decode._torch_runners(hf_decode._hf_peft_model(config), tokens, mask, (short, long))
-    seconds = common.interleaved_medians({n: runners[(hf_decode.HF, n)] for n in (short, long)}, repetitions)
-    return (seconds[long] - seconds[short]) / (long - short)
+    # At least 5 rounds: a single round's slope can come out negative on the toy model (seen in CI).
+    seconds = common.interleaved_medians({n: runners[(hf_decode.HF, n)] for n in (short, long)}, max(5, repetitions))
+    return common.per_token_seconds(seconds[short], seconds[long], short, long)
 
 
 def benchmark(size: str, repetitions: int, task_counts: tuple = TASK_COUNTS) -> dict:

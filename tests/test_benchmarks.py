@@ -97,9 +97,15 @@ def test_unpacked_batch_holds_the_packed_texts_and_their_targets():
         for r in range(len(batch["tokens"])) for s in set(batch["segment_ids"][r].tolist()) - {0})
 
 
+def test_per_token_seconds_is_the_slope_and_refuses_noise():
+    assert common.per_token_seconds(1.0, 1.5, 4, 12) == pytest.approx(0.0625)
+    with pytest.raises(RuntimeError, match="12 new tokens took no longer than 4"):
+        common.per_token_seconds(1.0, 0.98, 4, 12)
+
+
 def test_hf_decode_schema():
     pytest.importorskip("peft")
-    results = hf_decode.benchmark("toy", repetitions=1, batch_sizes=(2,))
+    results = hf_decode.benchmark("toy", repetitions=3, batch_sizes=(2,))  # 1 round's slopes can be noise.
     rows = results["results"]["2"]
     assert {hf_decode.OURS, hf_decode.OURS_BASE, hf_decode.HF, hf_decode.HF_BASE} < set(rows)
     assert rows[hf_decode.HF]["latency_vs_hf_peft"] == 1.0

@@ -9,7 +9,8 @@ lacks shows as "–" and is left out of plots; nothing is required beyond the co
 
   report.md                    per data set: a table (columns as metrics.paper lays
                                them out) for the full-data runs and one per training-set
-                               size, one row per method, the mean over seeds; then its plots:
+                               size, one row per method, the mean over seeds (and how many
+                               diverged: dev loss higher after training than before); then its plots:
   <data>_prefix_length.png     dev metric against prefix length, a line per prefix kind (section 7.1)
   <data>_training_size.png     dev metric against training-set size, mean and spread over
                                seeds, a line per method (section 6.3: prefix vs fine-tuning)
@@ -49,6 +50,12 @@ class Run:
     @property
     def layout(self) -> str:
         return self.result["layout"] if self.result else paper.layout_name(self.config["data"]["name"])
+
+    @property
+    def diverged(self) -> bool:
+        """Its dev loss rose in training (kept in the means; the tables count such runs)."""
+        before, after = self.summary.get("dev_loss_before"), self.summary.get("dev_loss_after")
+        return before is not None and after is not None and after > before
 
     def score(self, key: str, subset: str = "all") -> Optional[float]:
         """A metric as stored (the data set's script's scale), or None where absent."""
@@ -147,7 +154,8 @@ def _share(summary: dict) -> float:
 
 def table(runs: list[Run], layout: str) -> str:
     """Markdown: one row per method (mean over its runs), columns as the paper lays them out,
-    after the share of parameters, the training time (minutes, mean) and the best dev loss."""
+    after the share of parameters, the training time (minutes, mean) and the best dev loss.
+    The runs column says how many of them diverged, so a mean pulled down by one shows why."""
     spec = paper.LAYOUTS[layout]
     subsets = (("S", "seen"), ("U", "unseen"), ("A", "all")) if spec.by_seen else (("", "all"),)
     columns = [(f"{c.header} {s}".strip(), c, subset) for c in spec.columns for s, subset in subsets]
@@ -160,7 +168,9 @@ def table(runs: list[Run], layout: str) -> str:
         members = groups[name]
         share = _mean([_share(r.summary) for r in members if r.summary])
         minutes = _mean(r.summary.get("train_seconds", 0) / 60 if r.summary else None for r in members)
-        cells = [name, str(len(members)), _format(share, 2), _format(minutes, 1),
+        diverged = sum(r.diverged for r in members)
+        count = f"{len(members)}" + (f" ({diverged} diverged)" if diverged else "")
+        cells = [name, count, _format(share, 2), _format(minutes, 1),
                  _format(_mean(r.summary.get("best_dev_loss") for r in members), 3)]
         for _, column, subset in columns:
             value = _mean(r.score(column.key, subset) for r in members)

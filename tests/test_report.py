@@ -76,6 +76,18 @@ def test_report_tables_and_plots(tmp_path):
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_runs_column_counts_diverged_runs(tmp_path):
+    """A seed whose dev loss rose in training stays in the mean, and the row says so."""
+    for seed, (before, after, bleu) in enumerate(((4.0, 1.8, 16.0), (4.0, 7.4, 0.0))):
+        summary = {**_summary(40, after), "dev_loss_before": before, "dev_loss_after": after}
+        _run(tmp_path, f"seed{seed}", f"prefix-kv,size=500,seed={seed}", summary=summary, scores=_webnlg(bleu, 0.9))
+    _run(tmp_path, "ft", "ft,size=500,seed=0", scores=_webnlg(15.0, 0.7),
+         summary={**_summary(4000, 1.7), "dev_loss_before": 3.4, "dev_loss_after": 1.7})
+    lines = report.table(report.load_runs(str(tmp_path)), "webnlg").splitlines()
+    assert "| Prefix-10 (kv) | 2 (1 diverged) | 1.00 | 1.5 | 4.600 | 8.00 | – | 8.00 | – | – | – | 0.90 | – | 0.90 |" in lines
+    assert lines[2].startswith("| FT | 1 | 100.00 |")
+
+
 def test_report_lines_follow_the_dev_metric(tmp_path):
     runs = str(tmp_path)
     _run(runs, "a", "prefix-kv,size=50,seed=0", scores=_webnlg(5.0, 0.9))

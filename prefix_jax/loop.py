@@ -378,6 +378,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         steps=int(state.step),
     )
     logging.info("dev loss after training: %.4f (best %.4f)", summary["dev_loss_after"], best)
+    if summary.get("dev_loss_before", float("inf")) < summary["dev_loss_after"]:
+        logging.warning("Training diverged: dev loss rose from %.4f to %.4f; try a lower train.lr or more "
+                        "train.warmup_steps.", summary["dev_loss_before"], summary["dev_loss_after"])
     return summary
 
 

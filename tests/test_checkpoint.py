@@ -157,13 +157,25 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     assert loop.evaluate(_config(), str(tmp_path)) == good
 
 
-def test_eval_scores_the_best_checkpoint_and_tensorboard_is_written(tmp_path):
-    summary = loop.train_and_evaluate(_config(), str(tmp_path))
+def test_eval_scores_the_best_checkpoint_and_tensorboard_is_written(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        summary = loop.train_and_evaluate(_config(), str(tmp_path))
+    assert "diverged" not in caplog.text
     result = loop.evaluate(_config(), str(tmp_path))
     assert result["dev_loss"] == pytest.approx(summary["best_dev_loss"], rel=1e-6)
     assert summary["best_dev_loss"] < summary["dev_loss_before"]
     events = os.listdir(tmp_path / "tensorboard")
     assert any(name.startswith("events.out.tfevents") for name in events)
+
+
+def test_a_run_whose_dev_loss_rose_is_called_diverged(tmp_path, caplog):
+    """Full fine-tuning at lr 1 without warmup: a finished run, and a warning that says what to change."""
+    config = _config(**{"train.mode": "full", "prefix.kind": "none", "train.lr": 1.0, "train.warmup_steps": 0})
+    with caplog.at_level(logging.WARNING):
+        summary = loop.train_and_evaluate(config, str(tmp_path))
+    assert summary["dev_loss_after"] > summary["dev_loss_before"]
+    assert re.search(r"Training diverged: dev loss rose from \d+\.\d{4} to \d+\.\d{4}; try a lower train.lr",
+                     caplog.text)
 
 
 def _tensorboard_scalars(workdir) -> dict:

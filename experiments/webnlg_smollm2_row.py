@@ -61,8 +61,8 @@ infix 35.38 / 31.42 / 33.18 (9.7); prefix-kv 38.30 / 27.56 / 32.40 (10.7); prefi
 (7.6); emb-1 1.47 / 0.51 / 1.11 (9.2). prefix-kv lengths 1 / 20 / 40 (all): 25.11 / 34.79 /
 34.13. Low data (all), sizes 50 / 100 / 200 / 500, seed 0: ft 13.02 / 14.99 / 13.81 / 17.42,
 prefix-kv 12.72 / 12.40 / 14.61 / 16.61, words=1 13.48 / 12.33 / 13.28 / 17.88; seed 1 (2
-cores of an AMD EPYC), sizes 50 / 100: ft 12.96 / 13.92, prefix-kv 11.40 / 15.47. The other
-second seeds are not run yet.
+cores of an AMD EPYC): ft 12.96 / 13.92 / 15.46 / 16.49, prefix-kv 11.40 / 15.47 / 13.37 /
+0.02 (diverged: dev loss 4.00 -> 7.44), words=1 11.94 / 14.48 / 15.82 / 16.97.
 """
 
 import math

@@ -12,10 +12,10 @@ Runs (seen + unseen evaluation; 37 in all), in the order they are worth running:
   size     prefix-kv and ft on 50, 100, 200, 500 training inputs, seeds 0-1 (Fig. 3)
   words    prefix-kv on those sizes and seeds, initialised from "table-to-text:" (Fig. 5)
 A GPU runs the full-data rows at the paper's epochs with launch/webnlg_smollm2_gpu.sh.
-Result: 29 of the 37 ran (2 CPU cores, one at a time, 3 to 14 minutes of training each plus
-~2.5 minutes of loading and decoding; seed 1 of the 200- and 500-input rows and of words=1
-is missing); reports/webnlg_smollm2 has their report, the commands that made it, and which
-runs are missing.
+Result: all 37 ran (2 CPU cores, one at a time, 3 to 14 minutes of training each plus
+~2.5 to 4 minutes of loading and decoding; prefix-kv_size500_seed1 diverged);
+reports/webnlg_smollm2 has their report, the commands that made it, and the paper's claims
+against them.
 """
 
 from experiments import table, webnlg_smollm2_row

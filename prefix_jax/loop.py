@@ -22,7 +22,7 @@ import numpy as np
 import tensorboardX
 from absl import logging
 
-from prefix_jax import checkpoint, errors, preemption, run_lock, sharding, trainable, validation
+from prefix_jax import checkpoint, errors, preemption, report, run_lock, sharding, trainable, validation
 from prefix_jax import decode as decode_lib
 from prefix_jax import metrics
 from prefix_jax import prefix as prefix_lib
@@ -378,7 +378,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         steps=int(state.step),
     )
     logging.info("dev loss after training: %.4f (best %.4f)", summary["dev_loss_after"], best)
-    if summary.get("dev_loss_before", float("inf")) < summary["dev_loss_after"]:
+    if report.diverged(summary):
         logging.warning("Training diverged: dev loss rose from %.4f to %.4f; try a lower train.lr or more "
                         "train.warmup_steps.", summary["dev_loss_before"], summary["dev_loss_after"])
     return summary

@@ -53,9 +53,8 @@ class Run:
 
     @property
     def diverged(self) -> bool:
-        """Its dev loss rose in training (kept in the means; the tables count such runs)."""
-        before, after = self.summary.get("dev_loss_before"), self.summary.get("dev_loss_after")
-        return before is not None and after is not None and after > before
+        """Kept in the means; the tables count such runs."""
+        return diverged(self.summary)
 
     def score(self, key: str, subset: str = "all") -> Optional[float]:
         """A metric as stored (the data set's script's scale), or None where absent."""
@@ -65,6 +64,12 @@ class Run:
         if paper.LAYOUTS[self.result["layout"]].by_seen:
             scores = scores.get(subset)
         return None if scores is None else scores.get(key)
+
+
+def diverged(summary: dict) -> bool:
+    """A run's summary.json says its dev loss rose in training (a resumed run has no "before")."""
+    before, after = summary.get("dev_loss_before"), summary.get("dev_loss_after")
+    return before is not None and after is not None and after > before
 
 
 def _read_json(path: str, default):

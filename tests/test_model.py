@@ -181,3 +181,18 @@ def test_bad_inputs_fail_clearly(config, model, base_params, tokens):
         model.apply({"params": base_params}, tokens, prefix=hidden_entries(random_hidden(config, N)[:2]))
     with pytest.raises(ValueError, match="exceeds the model's max_len"):
         model.apply({"params": base_params}, jnp.zeros((1, 40), jnp.int32))
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_one_query_attention_equals_the_last_row_of_full_attention(groups):
+    """The decoding path (one query a row, `layers._dot_keys`) against the einsum path:
+    grouped-query heads (6 query, 2 key/value), a prefix per group, a masked key."""
+    rows, length, n = 4, 7, 3
+    q, k, v, pk, pv = (jax.random.normal(jax.random.key(i), shape) for i, shape in enumerate(
+        [(rows, length, 6, 8), (rows, length, 2, 8), (rows, length, 2, 8), (groups, n, 2, 8), (groups, n, 2, 8)]))
+    valid = jnp.ones((rows, length), bool).at[1, 2].set(False)
+    mask = jnp.concatenate([jnp.ones((rows, 1, length, n), bool), layers.causal_mask(valid, length)], axis=-1)
+    full = layers.attend(q, k, v, mask, (pk, pv))
+    last = layers.attend(q[:, -1:], k, v, mask[:, :, -1:], (pk, pv))
+    np.testing.assert_allclose(last, full[:, -1:], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(last, layers.attend(q[:, -1:], k, v, jnp.ones_like(mask[:, :, -1:]), (pk, pv)))

@@ -107,6 +107,27 @@ def rope(x: Array, positions: Array, theta: float) -> Array:
     return (x * cos + rotated * sin).astype(x.dtype)
 
 
+def _dot_keys(query: Array, key: Array) -> Array:
+    """Scores [rows, kv_heads, shared, q, k] of queries [rows, q, kv_heads, shared, head_dim]
+    against keys [rows, k, kv_heads, head_dim].
+
+    One query a row (a decoding step) is a fused multiply-reduce that reads the cache once:
+    XLA:CPU is slow at a dot over (rows, heads) batches of a single query row, and these
+    cache reads are most of what a SmolLM2 decoding step does beyond its weight matmuls.
+    """
+    if query.shape[1] == 1:
+        return jnp.moveaxis(jnp.sum(query[:, 0, None] * key[:, :, :, None], -1), 1, -1)[:, :, :, None]
+    return jnp.einsum("bqhsd,bkhd->bhsqk", query, key)
+
+
+def _mix_values(weights: Array, value: Array) -> Array:
+    """Weights [rows, kv_heads, shared, q, k] times values [rows, k, kv_heads, head_dim] ->
+    [rows, q, kv_heads, shared, head_dim]; one query a row as in `_dot_keys`."""
+    if weights.shape[3] == 1:
+        return jnp.sum(jnp.moveaxis(weights[:, :, :, 0], -1, 1)[..., None] * value[:, :, :, None], 1)[:, None]
+    return jnp.einsum("bhsqk,bkhd->bqhsd", weights, value)
+
+
 def attend(query: Array, key: Array, value: Array, mask: Array, prefix=None, *, dtype=jnp.float32,
            dropout: Optional[Callable[[Array], Array]] = None) -> Array:
     """Softmax attention over [prefix keys ; keys], grouped-query heads and grouped prefixes.
@@ -121,7 +142,7 @@ def attend(query: Array, key: Array, value: Array, mask: Array, prefix=None, *, 
     shared = heads // kv_heads  # Query heads reading one key/value head.
     query = query.reshape(rows, q_len, kv_heads, shared, head_dim)
     scale = jnp.sqrt(head_dim).astype(query.dtype)
-    scores = jnp.einsum("bqhsd,bkhd->bhsqk", query, key.astype(query.dtype)) / scale
+    scores = _dot_keys(query, key.astype(query.dtype)) / scale
     n = 0
     if prefix is not None:
         prefix_key, prefix_value = (p.astype(query.dtype) for p in prefix)
@@ -133,7 +154,7 @@ def attend(query: Array, key: Array, value: Array, mask: Array, prefix=None, *, 
     weights = jax.nn.softmax(scores, axis=-1).astype(dtype)
     if dropout is not None:
         weights = dropout(weights)
-    out = jnp.einsum("bhsqk,bkhd->bqhsd", weights[..., n:], value.astype(dtype))
+    out = _mix_values(weights[..., n:], value.astype(dtype))
     if prefix is not None:
         prefix_weights = weights[..., :n].reshape((groups, rows // groups) + weights.shape[1:-1] + (n,))
         out = out + jnp.einsum("grhsqk,gkhd->grqhsd", prefix_weights, prefix_value.astype(dtype)).reshape(out.shape)

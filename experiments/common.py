@@ -139,6 +139,7 @@ def base_config(arg=None) -> ml_collections.ConfigDict:
             early_stopping=True,  # beam only: stop a row at beam_size finished hypotheses
             no_repeat_ngram_size=0,  # 0 = off; n-grams of the generated tokens only
             min_new_tokens=0,  # EOS is banned before this many new tokens (Li & Liang: 5)
+            eos_penalty=0.0,  # subtracted from EOS's logit each step: longer outputs (search.Options)
             ban_newlines=False,  # never generate a token whose text holds a newline (Li & Liang do so)
             temperature=1.0,  # sample only
             top_k=0,  # sample only; 0 = off

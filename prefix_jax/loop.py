@@ -424,7 +424,7 @@ def decode_options(c: ml_collections.ConfigDict, tokenizer=None) -> decode_lib.O
         strategy=c.strategy, max_new_tokens=c.max_new_tokens, beam_size=c.beam_size,
         length_penalty=c.length_penalty, early_stopping=c.early_stopping,
         no_repeat_ngram_size=c.no_repeat_ngram_size, min_new_tokens=c.min_new_tokens,
-        banned_tokens=tokenizer_lib.newline_ids(tokenizer) if c.ban_newlines else (),
+        banned_tokens=tokenizer_lib.newline_ids(tokenizer) if c.ban_newlines else (), eos_penalty=c.eos_penalty,
         temperature=c.temperature, top_k=c.top_k, top_p=c.top_p,
     )
 

@@ -60,6 +60,7 @@ BETWEEN = {
     "decode.temperature": (0.0, math.inf, False, False),
     "decode.top_p": (0.0, 1.0, False, True),
     "decode.length_penalty": (-math.inf, math.inf, False, False),
+    "decode.eos_penalty": (0.0, math.inf, True, False),
     "serve.grace_seconds": (0.0, math.inf, True, False),
 }
 

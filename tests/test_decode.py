@@ -132,10 +132,11 @@ def _log_probs(model, base_params, inputs, source, sequences):
 
 @pytest.mark.parametrize("length_penalty", [0.0, 1.0, 2.0])
 @pytest.mark.parametrize("name", ["none", "kv"])
-@pytest.mark.parametrize("min_new_tokens, banned_tokens", [(0, ()), (2, (1,))])
-def test_wide_beam_finds_the_exhaustive_optimum(length_penalty, name, min_new_tokens, banned_tokens):
+@pytest.mark.parametrize("min_new_tokens, banned_tokens, eos_penalty", [(0, (), 0.0), (2, (1,), 0.0), (0, (), 1.5)])
+def test_wide_beam_finds_the_exhaustive_optimum(length_penalty, name, min_new_tokens, banned_tokens, eos_penalty):
     """Beam search as wide as the search space finds the best hypothesis; with bans, the best
-    one that has no banned token and no EOS before min_new_tokens (scored unrenormalised)."""
+    one that has no banned token and no EOS before min_new_tokens; an ending hypothesis pays
+    eos_penalty (scored unrenormalised)."""
     config = gpt2.GPT2Config(vocab_size=5, num_layers=2, num_heads=2, d_model=16, d_ff=32, max_len=16)
     model = gpt2.GPT2(config)
     base = jax.tree.map(lambda x: 10.0 * x, families.init_params(model, jax.random.key(3)))
@@ -145,7 +146,7 @@ def test_wide_beam_finds_the_exhaustive_optimum(length_penalty, name, min_new_to
     tokens, mask = _padded(sources)
     options = decode.Options(strategy="beam", beam_size=vocab**steps, max_new_tokens=steps,
                              length_penalty=length_penalty, early_stopping=False,
-                             min_new_tokens=min_new_tokens, banned_tokens=banned_tokens)
+                             min_new_tokens=min_new_tokens, banned_tokens=banned_tokens, eos_penalty=eos_penalty)
     got = decode.strip_after_eos(decode.generate(base, decode.serve(spec, prefix, model, base), tokens, mask,
                                                  model=model, options=options, eos_id=eos), eos)
     inputs = prefix_lib.model_inputs(spec, prefix, config.prefix_geometry)
@@ -157,7 +158,8 @@ def test_wide_beam_finds_the_exhaustive_optimum(length_penalty, name, min_new_to
             length = seq.index(eos) + 1 if eos in seq else steps
             if length <= min_new_tokens and eos in seq or set(seq[:length]) & set(banned_tokens):
                 continue
-            scored[seq[:length]] = float(token_logprobs[:length].sum()) / length**length_penalty
+            ended = eos_penalty if eos in seq else 0.0
+            scored[seq[:length]] = (float(token_logprobs[:length].sum()) - ended) / length**length_penalty
         best = max(scored, key=scored.get)
         ranked = sorted(scored.values(), reverse=True)
         assert ranked[0] - ranked[1] > 1e-4, "the optimum should be unique"
@@ -165,7 +167,7 @@ def test_wide_beam_finds_the_exhaustive_optimum(length_penalty, name, min_new_to
 
 
 @pytest.mark.parametrize("strategy", ["greedy", "sample", "beam"])
-def test_banned_tokens_and_min_new_tokens(config, model, base_params, strategy):
+def test_banned_tokens_min_new_tokens_and_eos_penalty(config, model, base_params, strategy):
     tokens, mask = _padded()
     run = lambda **kw: decode.strip_after_eos(decode.generate(
         base_params, {}, tokens, mask, model=model, eos_id=20, rng=jax.random.key(0),
@@ -177,9 +179,16 @@ def test_banned_tokens_and_min_new_tokens(config, model, base_params, strategy):
     for row in run(banned_tokens=banned):
         assert not set(row) & set(banned), row
     assert all(len(row) >= 3 for row in run(min_new_tokens=3))
-    assert run(min_new_tokens=0, banned_tokens=()) == free
+    assert run(min_new_tokens=0, banned_tokens=(), eos_penalty=0.0) == free
+    # An EOS penalty lengthens rows; one beyond any logit gap is banning EOS.
+    assert run(eos_penalty=1e9) == run(banned_tokens=(20,))
+    if strategy == "greedy":
+        longer = run(eos_penalty=2.0)
+        assert all(len(a) >= len(b) for a, b in zip(longer, free)) and longer != free
     with pytest.raises(ValueError, match="min_new_tokens must be in"):
         decode.Options(max_new_tokens=4, min_new_tokens=5)
+    with pytest.raises(ValueError, match="eos_penalty must be >= 0"):
+        decode.Options(eos_penalty=-1.0)
 
 
 def test_newline_tokens_of_a_byte_level_vocabulary():
@@ -299,10 +308,11 @@ def test_decode_config_section_maps_to_options():
 
     config = tiny.get_config()
     assert loop.decode_options(config.decode) == decode.Options(max_new_tokens=96, beam_size=5)
-    config.decode.update(min_new_tokens=5, ban_newlines=True)
+    config.decode.update(min_new_tokens=5, ban_newlines=True, eos_penalty=0.5)
     tokenizer = tokenizer_lib.load(config.data.tokenizer)
     options = loop.decode_options(config.decode, tokenizer)
-    assert (options.min_new_tokens, options.banned_tokens) == (5, tokenizer_lib.newline_ids(tokenizer))
+    assert (options.min_new_tokens, options.banned_tokens, options.eos_penalty) == (
+        5, tokenizer_lib.newline_ids(tokenizer), 0.5)
     with pytest.raises(ValueError, match="ban_newlines needs the tokenizer"):
         loop.decode_options(config.decode)
     config.decode.strategy = "top_p"

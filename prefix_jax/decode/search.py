@@ -25,8 +25,11 @@ class Options:
     beat the worst of them (exact). no_repeat_ngram_size bans repeating an n-gram of the
     generated tokens (not the source: copying entity names from the table is the task).
     min_new_tokens bans EOS before that many tokens; banned_tokens are never generated
-    (Li & Liang decode with both: min length 5, newline tokens banned). As in Hugging Face's
-    logits processors, beam search bans on the log-probabilities without renormalising.
+    (Li & Liang decode with both: min length 5, newline tokens banned). eos_penalty is
+    subtracted from EOS's logit (log-probability in beam search) at every step: a reward
+    for going on, which under greedy search equals Murray & Chiang's (2018) per-word reward
+    against outputs that end too early. As in Hugging Face's logits processors, beam search
+    bans and penalises on the log-probabilities without renormalising.
     """
 
     strategy: str = "greedy"
@@ -37,6 +40,7 @@ class Options:
     no_repeat_ngram_size: int = 0
     min_new_tokens: int = 0
     banned_tokens: tuple[int, ...] = ()
+    eos_penalty: float = 0.0
     temperature: float = 1.0
     top_k: int = 0  # 0: no top-k filter.
     top_p: float = 1.0  # 1: no nucleus filter.
@@ -56,6 +60,8 @@ class Options:
             raise ValueError(f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}.")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:
             raise ValueError(f"min_new_tokens must be in [0, max_new_tokens={self.max_new_tokens}], got {self.min_new_tokens}.")
+        if self.eos_penalty < 0:
+            raise ValueError(f"eos_penalty must be >= 0, got {self.eos_penalty}.")
         if not isinstance(self.banned_tokens, tuple) or any(t < 0 for t in self.banned_tokens):
             raise ValueError(f"banned_tokens must be a tuple of token ids, got {self.banned_tokens!r}.")
 
@@ -87,6 +93,10 @@ def _bans(generated, t, options: Options, eos_id: int, vocab_size: int):
     if options.min_new_tokens:
         bans = bans.at[:, eos_id].max(t < options.min_new_tokens)
     return bans
+
+
+def _penalise_eos(logits, options: Options, eos_id: int):
+    return logits.at[:, eos_id].add(-options.eos_penalty) if options.eos_penalty else logits
 
 
 def _ngram_bans(generated, t, size: int, vocab_size: int):
@@ -127,7 +137,7 @@ def _greedy_or_sample(step, logits, cache, options, eos_id, rng):
     rows, steps = logits.shape[0], options.max_new_tokens
 
     def choose(logits, generated, t):
-        logits = jnp.where(_bans(generated, t, options, eos_id, logits.shape[-1]), -jnp.inf, logits)
+        logits = jnp.where(_bans(generated, t, options, eos_id, logits.shape[-1]), -jnp.inf, _penalise_eos(logits, options, eos_id))
         if options.strategy == "greedy":
             return jnp.argmax(logits, axis=-1)
         return jax.random.categorical(jax.random.fold_in(rng, t), filter_logits(
@@ -167,7 +177,7 @@ def _beam_search(step, logits, cache, options, eos_id):
         t, logits, cache, alive, alive_score, fin, fin_score, done = carry
         logprobs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [batch * beams, vocab]
         bans = _bans(alive.reshape(batch * beams, steps), t, options, eos_id, vocab)
-        logprobs = jnp.where(bans, neg_inf, logprobs).reshape(batch, beams, vocab)
+        logprobs = jnp.where(bans, neg_inf, _penalise_eos(logprobs, options, eos_id)).reshape(batch, beams, vocab)
         candidates = (alive_score[:, :, None] + logprobs).reshape(batch, beams * vocab)
         score, index = jax.lax.top_k(candidates, 2 * beams)  # [batch, 2 * beams]
         source, token = index // vocab, index % vocab

@@ -49,7 +49,7 @@ def get_config(arg=None):
     config.model = common.smollm2_135m_model()
     config.base_weights = "smollm2-135m"
     config.prefix.update(kind="kv", length=10, reparam_dim=512)
-    config.train.update(lr=1e-3, warmup_steps=20, num_steps=160, batch_size=2, log_every=25, eval_every=1000,
+    config.train.update(lr=1e-3, warmup_steps=40, num_steps=320, batch_size=1, log_every=40, eval_every=1000,
                         eval_sequences=64)
     config.data.update(tokenizer="smollm2-135m", bucket_size=16, pack_width=288)
     config.checkpoint.every = 100

@@ -447,10 +447,12 @@ def _generate(config, exp: Experiment, params: dict, tokenizer, inputs: list[Exa
         sources = pipeline.encode_prompts(tokenizer, inputs, max_len=config.model.max_len,
                                           max_new_tokens=c.max_new_tokens, split=c.split)
     # Batches of similar source lengths: less padding, and rows that tend to finish together.
+    # The short batch (the remainder) takes the shortest sources, so its filler rows are cheap.
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     generations = [None] * len(sources)
-    for start in range(0, len(sources), c.batch_size):
-        members = order[start : start + c.batch_size]
+    ends = list(range(len(sources) % c.batch_size or c.batch_size, len(sources) + 1, c.batch_size))
+    for start, end in zip([0] + ends, ends):
+        members = order[start:end]
         chunk = [sources[i] for i in members]
         chunk += [chunk[0]] * (c.batch_size - len(chunk))  # One batch shape for every chunk.
         width = pipeline.bucket_width(max(map(len, chunk)), config.data.bucket_size, room)
@@ -459,7 +461,7 @@ def _generate(config, exp: Experiment, params: dict, tokenizer, inputs: list[Exa
                                   rng=jax.random.fold_in(jax.random.key(c.seed), start), start_tokens=start_tokens)
         for i, generation in zip(members, decode_lib.strip_after_eos(new, eos)):
             generations[i] = generation
-        logging.info("decoded %d/%d inputs", min(start + c.batch_size, len(sources)), len(sources))
+        logging.info("decoded %d/%d inputs", end, len(sources))
     return generations
 
 

@@ -337,3 +337,30 @@ def test_prefill_runs_the_head_on_the_last_position_alone(config, model, base_pa
     flops = lambda last_only: prefill(last_only).lower(base_params).compile().cost_analysis()["flops"]
     head = 2 * config.d_model * config.vocab_size
     assert flops(False) - flops(True) >= head * len(SOURCES) * (tokens.shape[1] - 1)
+
+
+def test_batched_decoding_returns_each_inputs_own_generation():
+    """loop._generate sorts inputs by length, batches them (the remainder batch first, padded
+    with filler rows) and puts each generation back at its input: batches of 3 over 7
+    inputs give what decoding each input alone gives."""
+    from experiments import tiny_llama
+    from prefix_jax import loop, train
+    from prefix_jax.data.records import Example
+
+    config = tiny_llama.get_config()
+    config.prefix.reparam_dim = 0
+    config.decode.update(max_new_tokens=6, strategy="greedy")
+    exp, state = train.create(config)
+    params = dict(state.params, prefix=jax.tree.map(lambda x: 40 * x, state.params["prefix"]))
+    tokenizer = tokenizer_lib.load(config.data.tokenizer)
+    sources = [" | a : b : c", " | Aarhus : leader : Jacob", " | x", " | long entity name : relation : object two",
+               " | q : r", " | one : two : three | four : five : six", " | zz : yy"]
+    inputs = [Example(source=s, references=(s,)) for s in sources]
+
+    def generations(batch_size):
+        config.decode.batch_size = batch_size
+        return loop._generate(config, exp, params, tokenizer, inputs)
+
+    alone, batched = generations(1), generations(3)
+    assert batched == alone
+    assert len({tuple(g) for g in alone}) > 3, "inputs should decode differently"

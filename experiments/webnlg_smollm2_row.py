@@ -73,6 +73,7 @@ HELDOUT_CATEGORIES = "Astronaut,ComicsCharacter,Monument"
 ADAPTER_DIMS = {"adapter-0.1": 1, "adapter-3": 58}
 LEARNING_RATES = {"ft": 1e-4, "ft-top2": 5e-4}  # Every other method: 1e-3.
 TABLE_BUDGET = dict(batch_size=2, num_steps=160, warmup_steps=20, log_every=25)  # The runs' own; the default job has moved on.
+TABLE_DECODING = dict(strategy="greedy", max_new_tokens=64, max_inputs=200, batch_size=100, after_training=True)  # Likewise.
 UNPACKED = dict(batch_size=8, num_steps=130)  # EMB and infix rows: about the texts of 160 packed steps.
 TABLE_TO_TEXT = (6413, 29, 1141, 29, 2692, 42)  # "table-to-text:" in SmolLM2's tokenizer.
 METHODS = methods.METHODS
@@ -89,7 +90,7 @@ def get_config(arg=None):
     if config.prefix.kind in ("prompt", "infix"):
         config.data.pack_width = 0
         config.train.update(UNPACKED)
-    config.decode.update(max_inputs=200, batch_size=100, after_training=True)
+    config.decode.update(TABLE_DECODING)
     if options.get("size"):
         config.data.num_train = options["size"]
         config.train.update(num_steps=100, warmup_steps=10)

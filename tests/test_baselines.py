@@ -231,11 +231,13 @@ def test_every_row_of_the_smollm2_table_is_a_valid_setup(method):
 
 
 def test_smollm2_table_budget_stays_the_one_its_runs_used():
-    """The committed runs' budget, whatever the default job's: 160 steps of 2 packed rows, 20
-    warmup; low data 100 steps, 10 warmup."""
+    """The committed runs' budget and decoding, whatever the default job's: 160 steps of 2
+    packed rows, 20 warmup (low data 100 steps, 10 warmup); greedy, 200 inputs."""
     budget = lambda arg: tuple(webnlg_smollm2_row.get_config(arg).train[k] for k in ("batch_size", "num_steps", "warmup_steps"))
     assert budget("prefix-kv") == budget("ft") == (2, 160, 20)
     assert budget("prefix-kv,size=50,seed=1") == (2, 100, 10)
+    d = webnlg_smollm2_row.get_config("prefix-kv").decode
+    assert (d.strategy, d.max_new_tokens, d.max_inputs, d.batch_size) == ("greedy", 64, 200, 100)
 
 
 def test_smollm2_paper_protocol_is_appendix_a_on_the_texts_kept():

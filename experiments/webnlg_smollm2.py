@@ -26,9 +26,10 @@ convention): the shipped prefix, data/prefixes/webnlg_smollm2/ (`export` of this
 steps of one packed row, ~1,040 texts, run by `.ci/run` from a clean clone of 3c5d2fe: dev
 loss 3.90 -> 0.97, 9.8 min of training at 150 real tokens/s), decoded as this file decodes
 (`decode`): dev BLEU 42.05, METEOR 0.35, TER 0.59 (greedy: 38.87 / 0.33 / 0.61). The same 320
-steps retrained on a faster machine of the same kind (195 real tokens/s): dev loss 0.98, BLEU
-41.38, METEOR 0.34, TER 0.60 (beam without the length penalty: 39.66); 7.5 min of training,
-8.4 min of beam search, 16.8 min for the command without `pip install`.
+steps retrained on a faster machine of the same kind, `.ci/run` of 7b91419 from a clean clone:
+dev loss 3.90 -> 0.98, BLEU 41.38, METEOR 0.34, TER 0.60 (beam without the length penalty:
+39.66, an earlier run of the same training); 7.7 min of training at 187 real tokens/s, 7.9 min
+of beam search, 38 s of scoring, 17.5 min in all with `pip install`.
 
 Sweep and BLEU against training time, greedy decoding in the two tables (each run also spends
 ~1 minute loading and scoring dev loss, and 7 to 9 minutes decoding and scoring; dev loss on

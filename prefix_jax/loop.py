@@ -19,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tensorboardX
 from absl import logging
 
 from prefix_jax import checkpoint, errors, preemption, report, run_lock, sharding, trainable, validation
@@ -216,6 +215,8 @@ class _Metrics:
     def __init__(self, workdir: str, resumed_from: int):
         self.active = jax.process_index() == 0
         if self.active:
+            import tensorboardX  # Here: it imports PyTorch when installed (seconds a process), for training only.
+
             first_new = resumed_from + 1 if resumed_from else 0
             self.writer = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=first_new)
             path = os.path.join(workdir, "metrics.jsonl")

@@ -11,7 +11,6 @@ them are in `table.py`.
 from typing import Sequence
 
 import sacrebleu
-from rouge_score import rouge_scorer
 
 
 def _streams(references: Sequence[Sequence[str]]) -> list[list]:
@@ -39,6 +38,8 @@ def ter(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> float
 
 def rouge(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dict:
     """Mean over inputs of the best-reference ROUGE-1/2/L F-measure."""
+    from rouge_score import rouge_scorer  # Here: it imports NLTK (a second a process), for ROUGE only.
+
     check_pairs(hypotheses, references)
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
     totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}

@@ -1,6 +1,8 @@
 """Shared tiny model fixtures (float32, 3 layers so 'every layer' means something)."""
 
 import os
+import shutil
+import tempfile
 
 import jax
 import pytest
@@ -8,6 +10,23 @@ import pytest
 from prefix_jax.models import gpt2, families
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+# One persistent compilation cache for the whole run, shared by the xdist workers and every
+# process a test starts (they inherit the environment): tests build fresh jitted functions for
+# the same tiny programs again and again, and XLA's compiling dominates them. Fresh each run
+# (the process that makes it removes it), so nothing carries over between runs.
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="prefix_jax_tests_xla_cache_")
+os.environ.update(JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE:
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 # tests/multidevice needs 8 (fake) devices, set before JAX starts: tests/test_sharding.py
 # runs it in a subprocess with XLA_FLAGS and this variable set.

@@ -318,14 +318,16 @@ def test_the_table_runner_runs_exports_prefixes_and_collects_report_files(tmp_pa
         collected = tmp_path / "results" / name
         assert sorted(os.listdir(collected)) == sorted(table.REPORT_FILES)
         assert (collected / "generations" / "dev_metrics.json").is_file()
-    summary = (tmp_path / "runs" / "ft" / "summary.json").stat().st_mtime
-    verified = [*argv[:4], f"--verify={tmp_path / 'prefixes'}", *argv[5:]]
-    table.main(verified, doc="", runs=runs, config_file=webnlg_small_table.CONFIG, root="")  # Finished: skipped.
-    assert (tmp_path / "runs" / "ft" / "summary.json").stat().st_mtime == summary
-    assert "emb-1: " in capsys.readouterr().out  # Verified (ft has no prefix).
-    collected = tmp_path / "results"  # The collected copy of a run is enough to verify against.
-    scores = table.verify(webnlg_small_table.CONFIG, "emb-1", "emb-1", str(collected), tiny, str(tmp_path / "prefixes" / "emb-1"))
-    assert scores == table._scores(tmp_path / "runs" / "emb-1")
+    # Verified against the collected copies (a run's generations are enough); finished runs are skipped.
+    summary = (tmp_path / "results" / "ft" / "summary.json").stat().st_mtime
+    capsys.readouterr()
+    verified = [*argv[:2], f"--root={tmp_path / 'results'}", f"--verify={tmp_path / 'prefixes'}", *argv[5:]]
+    table.main(verified, doc="", runs=runs, config_file=webnlg_small_table.CONFIG, root="")
+    assert (tmp_path / "results" / "ft" / "summary.json").stat().st_mtime == summary
+    out = capsys.readouterr().out
+    assert "ft: finished, skipped." in out and "emb-1: finished, skipped." in out
+    assert f"emb-1: {tmp_path / 'prefixes' / 'emb-1'} reproduces the run's generations and scores" in out  # ft has no prefix.
+    assert table._scores(tmp_path / "results" / "emb-1") == table._scores(tmp_path / "runs" / "emb-1")
     # A prefix that is not the run's is caught.
     other = tmp_path / "other"
     shutil.copytree(tmp_path / "prefixes", other)

@@ -20,11 +20,12 @@ EOS = 36
 def _step_by_step(model, base_params, spec, prefix, source, steps):
     """Argmax one token at a time on the growing, unpadded sequence, fed as in training:
     a slot for the token to predict, the loss mask on the new tokens (an infix needs it)."""
+    apply = jax.jit(lambda params, tokens, inputs: model.apply({"params": params}, tokens, **inputs))
     tokens = list(source)
     for _ in range(steps):
         targets = (jnp.arange(len(tokens) + 1) >= len(source))[None]
         inputs = prefix_lib.model_inputs(spec, prefix, model.config.prefix_geometry, loss_mask=targets)
-        logits = model.apply({"params": base_params}, jnp.array([tokens + [0]]), **inputs)
+        logits = apply(base_params, jnp.array([tokens + [0]]), inputs)
         tokens.append(int(jnp.argmax(logits[0, -2])))
         if tokens[-1] == EOS:
             break

@@ -8,6 +8,8 @@ process pinned to k CPUs (`isolated.py`; k = 1 and k = all of them), alternating
     loss's positions only (`pipeline.pack_lm`'s target_positions);
   * prefix_jax with logits at every position (the same batches otherwise), to show what
     targeted logits give; tests/test_packing.py checks both give the same loss and gradients;
+  * prefix_jax as the job runs but with bfloat16 activations (`model.dtype`; the weights stay
+    float32), to decide whether the job should use them;
   * PEFT prefix tuning on transformers (PrefixTuningConfig with the job's length and
     reparameterisation width, `prefix_projection`), the same model (transformers' own GGUF
     loader reads the same file) and the same texts per step, each step's texts right-padded
@@ -28,6 +30,7 @@ from prefix_jax.data import pipeline
 from prefix_jax.data import tokenizer as tokenizer_lib
 
 TARGETED, FULL, PEFT = "prefix_jax, logits at target positions", "prefix_jax, logits at every position", "PEFT + transformers"
+BF16 = "prefix_jax, logits at target positions, bfloat16 activations"
 BATCHES = 4  # Distinct batches per timed call: the job's own mix of rows.
 
 
@@ -68,9 +71,11 @@ def unpacked(batch: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return ids, mask, labels
 
 
-def jax_run_fn(size: str, targeted: bool):
-    """A callable training the job's batches once (BATCHES steps) with prefix_jax; returns the loss."""
+def jax_run_fn(size: str, targeted: bool, dtype: str = "float32"):
+    """A callable training the job's batches once (BATCHES steps) with prefix_jax, its
+    activations in `dtype`; returns the loss."""
     config = job_config(size)
+    config.model.dtype = dtype
     batches = job_batches(config)
     if not targeted:
         batches = [{k: v for k, v in batch.items() if not k.startswith("target_")} for batch in batches]
@@ -133,17 +138,20 @@ def _measure(size: str, variant: str, repetitions: int, cpus: int) -> dict:
     if variant == PEFT:
         return isolated.run_isolated("benchmarks.default_job", "torch_run_fn", dict(size=size), repetitions=repetitions,
                                      preload=("jax", "torch", "transformers", "peft"), cpus=cpus)
-    return isolated.run_isolated("benchmarks.default_job", "jax_run_fn", dict(size=size, targeted=variant == TARGETED),
-                                 repetitions=repetitions, cpus=cpus)
+    return isolated.run_isolated(
+        "benchmarks.default_job", "jax_run_fn",
+        dict(size=size, targeted=variant != FULL, dtype="bfloat16" if variant == BF16 else "float32"),
+        repetitions=repetitions, cpus=cpus)
 
 
-def benchmark(size: str, repetitions: int, variants: tuple = (TARGETED, FULL, PEFT), thread_counts: tuple = ()) -> dict:
+def benchmark(size: str, repetitions: int, variants: tuple = (TARGETED, FULL, BF16, PEFT), thread_counts: tuple = ()) -> dict:
     config = job_config(size)
     batches = job_batches(config)
     real_tokens = sum(int(np.sum(batch["attention_mask"])) for batch in batches)
     packed = sum(b["tokens"].size for b in batches)
-    padded = {TARGETED: packed, FULL: packed, PEFT: sum(unpacked(b)[0].size for b in batches)}
-    logit_rows = {TARGETED: sum(b["target_positions"].size for b in batches), FULL: packed, PEFT: padded[PEFT]}
+    padded = {TARGETED: packed, FULL: packed, BF16: packed, PEFT: sum(unpacked(b)[0].size for b in batches)}
+    targets = sum(b["target_positions"].size for b in batches)
+    logit_rows = {TARGETED: targets, FULL: packed, BF16: targets, PEFT: padded[PEFT]}
     thread_counts = sorted(thread_counts or {1, peft_torch.threads()})
     rows = {}
     for k in thread_counts:

@@ -126,6 +126,9 @@ def headline(results: dict) -> dict:
             targeted, full = rows[default_job.TARGETED], rows[default_job.FULL]
             ratios[f"default job: logits at targets vs every position, real tokens/s, threads={k}"] = (
                 targeted["real_tokens_per_second"] / full["real_tokens_per_second"])
+            if default_job.BF16 in rows:
+                ratios[f"default job: bfloat16 vs float32 activations, real tokens/s, threads={k}"] = (
+                    rows[default_job.BF16]["real_tokens_per_second"] / targeted["real_tokens_per_second"])
             if targeted["speed_vs_peft"] is not None:
                 ratios[f"default job: prefix_jax vs PEFT real tokens/s, threads={k}"] = targeted["speed_vs_peft"]
     if "results" in sections.get("hf_decode", {}):

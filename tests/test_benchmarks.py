@@ -71,17 +71,20 @@ def test_default_job_schema():
     pytest.importorskip("peft")
     results = default_job.benchmark("toy", repetitions=1, thread_counts=(1,))
     rows = results["results"]["1"]
-    assert set(rows) == {default_job.TARGETED, default_job.FULL, default_job.PEFT}
+    assert set(rows) == {default_job.TARGETED, default_job.FULL, default_job.BF16, default_job.PEFT}
     targeted, full, peft = rows[default_job.TARGETED], rows[default_job.FULL], rows[default_job.PEFT]
     assert targeted["logit_rows_per_step"] < full["logit_rows_per_step"] == results["batch_size"] * results["pack_width"]
+    assert rows[default_job.BF16]["logit_rows_per_step"] == targeted["logit_rows_per_step"]
     assert targeted["tokens_computed_per_step"] == full["tokens_computed_per_step"]
     # PEFT pads each step's texts to the longest; packing computes fewer tokens than that.
     assert peft["tokens_computed_per_step"] >= results["real_tokens_per_step"]
     for row in rows.values():
         assert positive(row["step_seconds"], row["real_tokens_per_second"], row["speed_vs_peft"], row["train_bytes"])
     assert peft["speed_vs_peft"] == 1.0
-    assert default_job.to_markdown(results).count("\n|") == 3 + 2
-    assert any(key.startswith("default job: prefix_jax vs PEFT") for key in run.headline({"sections": {"default_job": results}}))
+    assert default_job.to_markdown(results).count("\n|") == 4 + 2
+    headline = run.headline({"sections": {"default_job": results}})
+    assert any(key.startswith("default job: prefix_jax vs PEFT") for key in headline)
+    assert any(key.startswith("default job: bfloat16 vs float32 activations") for key in headline)
 
 
 def test_unpacked_batch_holds_the_packed_texts_and_their_targets():

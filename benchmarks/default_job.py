@@ -31,6 +31,11 @@ from prefix_jax.data import tokenizer as tokenizer_lib
 
 TARGETED, FULL, PEFT = "prefix_jax, logits at target positions", "prefix_jax, logits at every position", "PEFT + transformers"
 BF16 = "prefix_jax, logits at target positions, bfloat16 activations"
+JAX_VARIANTS = {  # name -> jax_run_fn's arguments.
+    TARGETED: dict(targeted=True, dtype="float32"),
+    FULL: dict(targeted=False, dtype="float32"),
+    BF16: dict(targeted=True, dtype="bfloat16"),
+}
 BATCHES = 4  # Distinct batches per timed call: the job's own mix of rows.
 
 
@@ -138,10 +143,8 @@ def _measure(size: str, variant: str, repetitions: int, cpus: int) -> dict:
     if variant == PEFT:
         return isolated.run_isolated("benchmarks.default_job", "torch_run_fn", dict(size=size), repetitions=repetitions,
                                      preload=("jax", "torch", "transformers", "peft"), cpus=cpus)
-    return isolated.run_isolated(
-        "benchmarks.default_job", "jax_run_fn",
-        dict(size=size, targeted=variant != FULL, dtype="bfloat16" if variant == BF16 else "float32"),
-        repetitions=repetitions, cpus=cpus)
+    return isolated.run_isolated("benchmarks.default_job", "jax_run_fn", dict(size=size, **JAX_VARIANTS[variant]),
+                                 repetitions=repetitions, cpus=cpus)
 
 
 def benchmark(size: str, repetitions: int, variants: tuple = (TARGETED, FULL, BF16, PEFT), thread_counts: tuple = ()) -> dict:
@@ -149,9 +152,9 @@ def benchmark(size: str, repetitions: int, variants: tuple = (TARGETED, FULL, BF
     batches = job_batches(config)
     real_tokens = sum(int(np.sum(batch["attention_mask"])) for batch in batches)
     packed = sum(b["tokens"].size for b in batches)
-    padded = {TARGETED: packed, FULL: packed, BF16: packed, PEFT: sum(unpacked(b)[0].size for b in batches)}
     targets = sum(b["target_positions"].size for b in batches)
-    logit_rows = {TARGETED: targets, FULL: packed, BF16: targets, PEFT: padded[PEFT]}
+    padded = {**dict.fromkeys(JAX_VARIANTS, packed), PEFT: sum(unpacked(b)[0].size for b in batches)}
+    logit_rows = {**{v: targets if a["targeted"] else packed for v, a in JAX_VARIANTS.items()}, PEFT: padded[PEFT]}
     thread_counts = sorted(thread_counts or {1, peft_torch.threads()})
     rows = {}
     for k in thread_counts:

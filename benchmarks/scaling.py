@@ -13,8 +13,10 @@ relative to the sweep's first point; the last two sweeps also give prefix / full
 
 from benchmarks import common, train_step
 
-PREFIX_LENGTHS = {"toy": (0, 5), "small": (0, 5, 10, 50, 200), "medium": (0, 5, 10, 50, 200)}
-SEQUENCE_LENGTHS = {"toy": (16,), "small": (32, 64, 128, 256), "medium": (256, 512, 1024)}
+PREFIX_LENGTHS = {"toy": (0, 5), "small": (0, 5, 10, 50, 200), "medium": (0, 5, 10, 50, 200), "toy_llama": (0, 5),
+                  "smollm2": (0, 10, 200)}
+SEQUENCE_LENGTHS = {"toy": (16,), "small": (32, 64, 128, 256), "medium": (256, 512, 1024), "toy_llama": (16,),
+                    "smollm2": (64, 256)}
 
 
 def _model(base: dict, d_model: int, num_layers: int, num_heads: int) -> dict:
@@ -32,6 +34,8 @@ LADDERS = {  # name -> model; the preset itself is one rung.
         "gpt2 (d768 L12)": _model(common.MODELS["medium"], 768, 12, 12),
         "gpt2-medium (d1024 L24)": common.MODELS["medium"],
     },
+    "toy_llama": {"toy_llama": common.MODELS["toy_llama"]},
+    "smollm2": {"smollm2-135m": common.MODELS["smollm2"]},  # The one real model at hand.
 }
 KV = {"prefix.kind": "kv"}
 FULL = train_step.VARIANTS[train_step.FULL]
@@ -88,7 +92,7 @@ def benchmark(size: str, repetitions: int, steps: int) -> dict:
     return {
         "benchmark": "scaling",
         "size": size,
-        "model": model,
+        "model": common.as_run(model),
         "batch_size": batch,
         "sequence_length": length,
         "prefix_length": n,

@@ -42,7 +42,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _preset(size: str) -> str:
-    return "toy" if size == "toy" else "smollm2"
+    return "toy" if common.is_toy(size) else "smollm2"
 
 
 def write_adapters(config, count: int, directory: str) -> dict:

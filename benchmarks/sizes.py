@@ -54,8 +54,8 @@ def benchmark(size: str, variants: tuple = tuple(train_step.VARIANTS)) -> dict:
     for row in rows.values():
         row["optimizer_state_vs_full"] = row["optimizer_state_bytes"] / full["optimizer_state_bytes"]
         row["checkpoint_vs_full"] = row["checkpoint_bytes"] / full["checkpoint_bytes"]
-    return {"benchmark": "sizes", "size": size, "model": model, "prefix_length": train_step.PREFIX_LENGTH,
-            "results": rows}
+    return {"benchmark": "sizes", "size": size, "model": common.as_run(model),
+            "prefix_length": train_step.PREFIX_LENGTH, "results": rows}
 
 
 def to_markdown(results: dict) -> str:

@@ -22,6 +22,8 @@ SHAPES = {
     "toy": dict(batch_size=4, sequence_length=16),
     "small": dict(batch_size=16, sequence_length=128),
     "medium": dict(batch_size=8, sequence_length=1024),
+    "toy_llama": dict(batch_size=4, sequence_length=16),
+    "smollm2": dict(batch_size=4, sequence_length=128),
 }
 FULL = "full fine-tuning"
 VARIANTS = {  # name -> config overrides
@@ -49,7 +51,8 @@ def random_batch(batch_size: int, length: int, vocab_size: int) -> dict:
 
 def variant_config(model: dict, batch_size: int, overrides: dict, prefix_length: int = PREFIX_LENGTH):
     config = tiny.get_config()
-    config.model.update(model)
+    config.model = common.model_section(model)
+    config.base_weights = common.base_weights(model) or ""
     config.prefix.length = prefix_length
     config.train.batch_size = batch_size
     for path, value in overrides.items():
@@ -142,7 +145,7 @@ def benchmark(size: str, repetitions: int, steps: int, peak_size: int, peak_dtyp
     return {
         "benchmark": "train_step",
         "size": size,
-        "model": model,
+        "model": common.as_run(model),
         "batch_size": batch_size,
         "sequence_length": length,
         "prefix_length": PREFIX_LENGTH,

@@ -23,8 +23,36 @@ def test_flops_per_token_formula():
     assert common.flops_per_token(model, 6, trains_weights=False, context=3, rows=3) == (4 * n + 3 * attention) * 1.5
 
 
-def test_train_step_schema():
-    results = train_step.benchmark("toy", repetitions=1, steps=1, peak_size=64, peak_dtype="float32", memory=False)
+def test_flops_per_token_of_a_llama():
+    model = dict(family="llama", num_layers=2, d_model=4, d_ff=8, vocab_size=10, num_heads=2, num_kv_heads=1, head_dim=3)
+    # L (2 d h + 2 d h_kv + 3 d d_ff) + d V with h = 6, h_kv = 3: 2 (48 + 24 + 96) + 40 = 376.
+    attention = 2 * 2 * (6 + 3) * 6  # 2 L (s + context) h
+    assert common.flops_per_token(model, 6, trains_weights=False, context=3) == 4 * 376 + 3 * attention
+
+
+def test_presets_build_their_family():
+    from experiments import webnlg_smollm2
+
+    assert common.model_section(common.MODELS["smollm2"]) == webnlg_smollm2.get_config().model
+    assert train_step.variant_config(common.MODELS["toy"], 2, {}).model.family == "gpt2"
+    assert train_step.variant_config(common.MODELS["toy_llama"], 2, {}).model.num_kv_heads == 2
+    assert common.base_weights(common.MODELS["toy"]) is None
+
+
+def test_results_say_which_weights_were_read(monkeypatch):
+    from prefix_jax import gguf_file
+
+    monkeypatch.setattr(gguf_file, "installed", lambda name: False)
+    assert common.as_run(common.MODELS["smollm2"])["weights"] == "random"
+    assert train_step.variant_config(common.MODELS["smollm2"], 2, {}).base_weights == ""
+    monkeypatch.setattr(gguf_file, "installed", lambda name: name == "smollm2-135m")
+    assert common.as_run(common.MODELS["smollm2"])["weights"] == "smollm2-135m"
+    assert train_step.variant_config(common.MODELS["smollm2"], 2, {}).base_weights == "smollm2-135m"
+
+
+@pytest.mark.parametrize("size", ["toy", "toy_llama"])
+def test_train_step_schema(size):
+    results = train_step.benchmark(size, repetitions=1, steps=1, peak_size=64, peak_dtype="float32", memory=False)
     assert positive(results["matmul_peak"]["flops_per_second"])
     assert set(results["results"]) == set(train_step.VARIANTS)
     for row in results["results"].values():
@@ -33,6 +61,9 @@ def test_train_step_schema():
     full = results["results"][train_step.FULL]
     assert full["speedup_vs_full"] == 1.0 and full["flop_bound_speedup_vs_full"] == 1.0
     assert results["results"]["prefix kv"]["flop_bound_speedup_vs_full"] > 1.0
+    model = common.MODELS[size]  # A kv prefix holds 2 L n (key/value width) numbers: the preset's family ran.
+    kv_width = model.get("num_kv_heads", model["num_heads"]) * model.get("head_dim", model["d_model"] // model["num_heads"])
+    assert results["results"]["prefix kv"]["trainable_params"] == 2 * model["num_layers"] * train_step.PREFIX_LENGTH * kv_width
     assert train_step.to_markdown(results).count("\n|") == len(train_step.VARIANTS) + 2  # header, rule, rows
 
 
@@ -43,11 +74,12 @@ def test_isolated_run_reports_time_and_memory():
     assert MEMORY_KEYS <= set(result["memory"]) and positive(*(result["memory"][k] for k in MEMORY_KEYS))
 
 
-def test_peft_torch_schema():
+@pytest.mark.parametrize("size", ["toy", "toy_llama"])
+def test_peft_torch_schema(size):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     pytest.importorskip("peft")
-    results = peft_torch.benchmark("toy", repetitions=1, steps=1, variants=("prefix kv",), thread_counts=(1,))
+    results = peft_torch.benchmark(size, repetitions=1, steps=1, variants=("prefix kv",), thread_counts=(1,))
     row = results["results"]["1"]["prefix kv"]
     for side in ("prefix_jax", "peft_torch"):
         assert positive(row[side]["tokens_per_second"], row[side]["step_seconds"])
@@ -140,18 +172,20 @@ def test_serve_schema():
     assert serve.to_markdown(results).count("\n|") == 3 + 2
 
 
-def test_remat_schema():
-    results = remat.benchmark("toy", repetitions=1, steps=1)
+@pytest.mark.parametrize("size", ["toy", "toy_llama"])
+def test_remat_schema(size):
+    results = remat.benchmark(size, repetitions=1, steps=1)
     assert list(results["results"]) == ["none", "full", "dots"]
     for row in results["results"].values():
         assert positive(row["temp_bytes"], row["step_seconds"], row["memory_vs_none"], row["time_vs_none"])
     assert results["results"]["none"]["memory_vs_none"] == 1.0
-    assert results["sequence_length"] == remat.LENGTH_FACTOR * train_step.SHAPES["toy"]["sequence_length"]
+    assert results["sequence_length"] == remat.LENGTH_FACTOR * train_step.SHAPES[size]["sequence_length"]
     assert remat.to_markdown(results).count("\n|") == 3 + 2
 
 
-def test_decode_schema():
-    results = decode.benchmark("toy", repetitions=1)
+@pytest.mark.parametrize("size", ["toy", "toy_llama"])
+def test_decode_schema(size):
+    results = decode.benchmark(size, repetitions=1)
     assert set(results["results"]) == {
         "base model, KV cache", "prefix (cached K/V)", "prefix recomputed each step", "base model, recomputed"
     }

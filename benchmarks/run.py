@@ -4,8 +4,8 @@
   python -m benchmarks.run --suite=gpu                  # bf16, GPT-2-medium dims
   python -m benchmarks.run --suite=cpu --sections=train_step,sizes --out=/tmp/bench
   python -m benchmarks.run --suite=cpu --render_only   # markdown again from cpu.json
-  python -m benchmarks.run --suite=cpu --sections=default_job,hf_decode,serve --out=benchmarks/results/smollm2
-                                                        # the default job's model (SmolLM2), ~20 min
+  python -m benchmarks.run --suite=cpu --size=smollm2 --out=benchmarks/results/smollm2
+                                                        # every section on the default job's model (SmolLM2)
 
 Writes `<out>/<suite>.json` (everything, with the environment) and `<out>/<suite>.md`
 (headline ratios against the targets, then every section's table), and each section

@@ -5,8 +5,11 @@ step section's), for each policy in `decoder.REMAT_POLICIES`. Memory is XLA's ow
 of the compiled step's temporary buffers (`memory_analysis().temp_size_in_bytes`:
 activations kept for the backward pass and scratch), exact and free of allocator noise;
 step times are interleaved medians. PEFT refuses gradient checkpointing with prefix
-tuning (peft issue 869); here every prefix kind takes it (tests/test_remat.py). On the
-CPU backend the saving is small: XLA schedules unrolled layers' recomputation early.
+tuning (peft issue 869); here every prefix kind takes it (tests/test_remat.py). On CPU
+the saving needs XLA's memory-minimising schedule, which `import prefix_jax` selects
+(prefix_jax/__init__.py); under XLA's default there, the concurrency-optimised schedule,
+recomputation runs early and remat saves little: run with
+XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=true to see it.
 """
 
 from benchmarks import common, train_step

@@ -180,6 +180,9 @@ def test_remat_schema(size):
         assert positive(row["temp_bytes"], row["step_seconds"], row["memory_vs_none"], row["time_vs_none"])
     assert results["results"]["none"]["memory_vs_none"] == 1.0
     assert results["sequence_length"] == remat.LENGTH_FACTOR * train_step.SHAPES[size]["sequence_length"]
+    # Under XLA's memory-minimising CPU schedule (prefix_jax/__init__.py) remat saves memory even at toy
+    # size (0.85x, 0.81x); under its concurrency-optimised default it kept 1.01x, 1.10x.
+    assert results["results"]["full"]["memory_vs_none"] < 0.9
     assert remat.to_markdown(results).count("\n|") == 3 + 2
 
 

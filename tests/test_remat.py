@@ -1,6 +1,10 @@
 """Activation checkpointing (`model.remat`) changes memory and time, never the numbers:
 the same loss and gradients for every prefix kind, on both decoder-only families."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -77,3 +81,18 @@ def test_unknown_remat_policy_is_refused():
     with pytest.raises(ValueError, match="Unknown model.remat 'some'; expected one of"):
         train.model_config(config)
     assert sorted(decoder.REMAT_POLICIES) == ["dots", "full", "none"]
+
+
+@pytest.mark.parametrize("given, expected", [
+    ("", "--xla_cpu_enable_concurrency_optimized_scheduler=false"),
+    ("--xla_force_host_platform_device_count=2", "--xla_force_host_platform_device_count=2 "
+                                                 "--xla_cpu_enable_concurrency_optimized_scheduler=false"),
+    ("--xla_cpu_enable_concurrency_optimized_scheduler=true", "--xla_cpu_enable_concurrency_optimized_scheduler=true"),
+])
+def test_import_selects_the_memory_minimising_cpu_schedule_unless_told(given, expected):
+    """Remat saves memory on CPU only under that schedule (tests/test_benchmarks.py::test_remat_schema
+    measures it); a user's own setting of the flag is kept."""
+    env = dict(os.environ, XLA_FLAGS=given)
+    out = subprocess.run([sys.executable, "-c", "import os, prefix_jax; print(os.environ['XLA_FLAGS'])"],
+                         env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert out == expected

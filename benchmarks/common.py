@@ -37,9 +37,9 @@ def is_toy(size: str) -> bool:
 
 def model_section(model: dict) -> ml_collections.ConfigDict:
     """A preset as an experiment's `model` config section."""
-    fields = {key: value for key, value in model.items() if key != "weights"}
-    if fields.get("family", "gpt2") == "llama":
-        return experiments_common.llama_model(**{key: v for key, v in fields.items() if key != "family"})
+    fields = {key: value for key, value in model.items() if key not in ("family", "weights")}
+    if model.get("family") == "llama":
+        return experiments_common.llama_model(**fields)
     section = experiments_common.base_config().model
     section.update(fields)
     return section

@@ -108,13 +108,7 @@ def hf_model(config):
         path = gguf_file.resolve(config.base_weights)
         directory, name = path.rsplit("/", 1)
         return transformers.AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
-    m = config.model
-    return transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        vocab_size=m.vocab_size, hidden_size=m.d_model, intermediate_size=m.d_ff, num_hidden_layers=m.num_layers,
-        num_attention_heads=m.num_heads, num_key_value_heads=m.num_kv_heads, head_dim=m.head_dim,
-        max_position_embeddings=m.max_len, rope_theta=m.rope_theta, rms_norm_eps=m.rms_norm_epsilon,
-        tie_word_embeddings=m.tie_embeddings,
-    ))
+    return peft_torch.random_llama(config.model.to_dict(), config.model.max_len)
 
 
 def peft_model(config):

@@ -62,19 +62,27 @@ def torch_run_fn(model: dict, batch_size: int, sequence_length: int, variant: st
     return torch_training(net, train_config, [(tokens, mask, labels)] * steps)
 
 
+def random_llama(model, max_positions: int):
+    """transformers' LlamaForCausalLM, randomly initialised, of a Llama model section's (or
+    preset's) dimensions."""
+    import transformers
+
+    section = common.model_section(dict(model))
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=section.vocab_size, hidden_size=section.d_model, intermediate_size=section.d_ff,
+        num_hidden_layers=section.num_layers, num_attention_heads=section.num_heads,
+        num_key_value_heads=section.num_kv_heads, head_dim=section.head_dim, max_position_embeddings=max_positions,
+        rope_theta=section.rope_theta, rms_norm_eps=section.rms_norm_epsilon, tie_word_embeddings=section.tie_embeddings,
+    ))
+
+
 def _torch_model(model: dict, prefix_length: int):
     """transformers' model of the preset's family and dimensions, randomly initialised
     (the speed of a step does not depend on the weights' values)."""
     import transformers
 
     if model.get("family") == "llama":
-        return transformers.LlamaForCausalLM(transformers.LlamaConfig(
-            vocab_size=model["vocab_size"], hidden_size=model["d_model"], intermediate_size=model["d_ff"],
-            num_hidden_layers=model["num_layers"], num_attention_heads=model["num_heads"],
-            num_key_value_heads=model["num_kv_heads"], head_dim=model["head_dim"],
-            max_position_embeddings=model["max_len"] + prefix_length, rope_theta=model.get("rope_theta", 10000.0),
-            rms_norm_eps=model.get("rms_norm_epsilon", 1e-5), tie_word_embeddings=model.get("tie_embeddings", False),
-        ))
+        return random_llama(model, model["max_len"] + prefix_length)
     return transformers.GPT2LMHeadModel(transformers.GPT2Config(
         vocab_size=model["vocab_size"], n_positions=model["max_len"] + prefix_length, n_embd=model["d_model"],
         n_layer=model["num_layers"], n_head=model["num_heads"], n_inner=model["d_ff"],

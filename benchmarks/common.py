@@ -4,6 +4,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import time
 
 import jax
@@ -76,6 +77,7 @@ def environment() -> dict:
         "machine": platform.machine(),
         "python": platform.python_version(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "commit": _commit(),
     }
     try:  # Torch is optional (the PEFT comparison); record it when present.
         import torch
@@ -85,6 +87,17 @@ def environment() -> dict:
     except ImportError:
         env["torch"] = None
     return env
+
+
+def _commit():
+    """The checkout's commit ("+changes" when tracked files differ from it); None outside git."""
+    def git(*args):
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    try:
+        return git("rev-parse", "--short", "HEAD") + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def _cpu_model() -> str:

@@ -9,7 +9,10 @@
 
 Writes `<out>/<suite>.json` (everything, with the environment) and `<out>/<suite>.md`
 (headline ratios against the targets, then every section's table), and each section
-alone under `<out>/<suite>/<section>.{json,md}`. benchmarks/README.md explains every column.
+alone under `<out>/<suite>/<section>.{json,md}`. A run of some `--sections` into an `--out`
+that holds a run of the same suite and preset replaces those sections and keeps the others,
+each with the environment (commit, flags, versions) it ran under. benchmarks/README.md
+explains every column.
 """
 
 import json
@@ -47,7 +50,8 @@ def run_suite(suite: str, *, size: str, sections, repetitions: int, steps: int, 
     if unknown:
         raise ValueError(f"Unknown sections {sorted(unknown)}; expected a subset of {SECTIONS}.")
     start = time.perf_counter()
-    results = {"suite": suite, "size": size, "environment": common.environment(), "sections": {}}
+    environment = common.environment()
+    results = {"suite": suite, "size": size, "environment": environment, "sections": {}}
     peak_size = 256 if common.is_toy(size) else settings["peak_size"]
     runs = {
         "train_step": lambda: train_step.benchmark(size, repetitions, steps, peak_size, settings["peak_dtype"]),
@@ -70,10 +74,28 @@ def run_suite(suite: str, *, size: str, sections, repetitions: int, steps: int, 
         section_start = time.perf_counter()
         results["sections"][section] = runs[section]()
         results["sections"][section]["wall_seconds"] = time.perf_counter() - section_start
+    for result in results["sections"].values():
+        result["environment"] = environment
+    kept = _earlier_sections(out, suite, size)
+    results["sections"] = {name: results["sections"].get(name, kept.get(name)) for name in SECTIONS
+                           if name in results["sections"] or name in kept}
     results["headline"] = headline(results)
     results["wall_seconds"] = time.perf_counter() - start
     write(results, out)
     return results
+
+
+def _earlier_sections(out: str, suite: str, size: str) -> dict:
+    """The sections of an earlier run of `suite` at `size` under `out`, each with its environment."""
+    path = os.path.join(out, f"{suite}.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        earlier = json.load(f)
+    if earlier["size"] != size:
+        logging.warning("%s holds preset %r, not %r: its sections are replaced.", path, earlier["size"], size)
+        return {}
+    return {name: {"environment": earlier["environment"], **result} for name, result in earlier["sections"].items()}
 
 
 TABLES = {"train_step": train_step.to_markdown, "peft_torch": peft_torch.to_markdown, "sizes": sizes.to_markdown,
@@ -156,14 +178,18 @@ TARGETS = {  # headline key -> (target, what the issue asks)
 }
 
 
+def _describe(env: dict) -> str:
+    return (f"commit {env.get('commit') or 'not recorded'}, jax {env['jax']} ({env['backend']}, {env['device_kind']}), torch {env['torch']} "
+            f"({env.get('torch_threads')} threads by default), {env['cpu_count']} CPUs ({env['cpu_model']}), "
+            f"python {env['python']}, XLA_FLAGS={env['xla_flags']!r}")
+
+
 def to_markdown(results: dict) -> str:
     env = results["environment"]
     lines = [
         f"# Benchmarks: {results['suite']} suite, model preset `{results['size']}`\n",
-        f"jax {env['jax']} ({env['backend']}, {env['device_kind']}), torch {env['torch']} "
-        f"({env.get('torch_threads')} threads by default), {env['cpu_count']} CPUs ({env['cpu_model']}), "
-        f"python {env['python']}, XLA_FLAGS={env['xla_flags']!r}. "
-        f"Total wall time {results['wall_seconds'] / 60:.1f} min. Column definitions: benchmarks/README.md.\n",
+        f"{_describe(env)}. This run's wall time {results['wall_seconds'] / 60:.1f} min "
+        f"(each section's is in its JSON). Column definitions: benchmarks/README.md.\n",
         "## Headline ratios\n",
     ]
     rows = []
@@ -176,7 +202,10 @@ def to_markdown(results: dict) -> str:
         rows.append([key, shown, verdict])
     lines.append(common.markdown_table(["ratio", "value", "target"], rows))
     for section, result in results["sections"].items():
-        lines += [f"## {section}\n", section_markdown(section, result)]
+        lines += [f"## {section}\n"]
+        if result.get("environment", env) != env:
+            lines.append(f"Kept from an earlier run: {_describe(result['environment'])}.\n")
+        lines.append(section_markdown(section, result))
     return "\n".join(lines)
 
 

@@ -220,6 +220,25 @@ def test_run_suite_writes_files_and_headline(tmp_path, monkeypatch):
         run.run_suite("cpu", size="toy", sections=["speed"], repetitions=1, steps=1, out=str(tmp_path))
 
 
+def test_a_run_of_some_sections_keeps_the_others_with_their_environment(tmp_path, monkeypatch):
+    monkeypatch.setattr(sizes, "benchmark", functools.partial(sizes.benchmark, variants=("prefix kv",)))
+    monkeypatch.setattr(peft_torch, "available", lambda: False)
+    environment = common.environment()
+    monkeypatch.setattr(common, "environment", lambda: dict(environment, commit="aaaaaaa"))
+    first = run.run_suite("cpu", size="toy", sections=["sizes"], repetitions=1, steps=1, out=str(tmp_path))
+    monkeypatch.setattr(common, "environment", lambda: dict(environment, commit="bbbbbbb"))
+    second = run.run_suite("cpu", size="toy", sections=["peft_torch"], repetitions=1, steps=1, out=str(tmp_path))
+    written = json.loads((tmp_path / "cpu.json").read_text())
+    assert list(written["sections"]) == ["peft_torch", "sizes"]  # The suite's order.
+    assert written["sections"]["sizes"]["results"] == first["sections"]["sizes"]["results"]
+    assert written["sections"]["sizes"]["environment"]["commit"] == "aaaaaaa"
+    assert written["sections"]["peft_torch"]["environment"]["commit"] == written["environment"]["commit"] == "bbbbbbb"
+    assert second["headline"] == first["headline"]  # The kept section's ratios still head the table.
+    assert "Kept from an earlier run: commit aaaaaaa" in (tmp_path / "cpu.md").read_text()
+    third = run.run_suite("cpu", size="toy_llama", sections=["peft_torch"], repetitions=1, steps=1, out=str(tmp_path))
+    assert list(third["sections"]) == ["peft_torch"]  # Another preset's sections are not mixed in.
+
+
 def test_run_suite_says_when_peft_is_skipped(tmp_path, monkeypatch):
     monkeypatch.setattr(peft_torch, "available", lambda: False)
     results = run.run_suite("cpu", size="toy", sections=["peft_torch"], repetitions=1, steps=1, out=str(tmp_path))

@@ -140,7 +140,15 @@ def test_per_token_seconds_is_the_slope_and_refuses_noise():
 
 def test_hf_decode_schema():
     pytest.importorskip("peft")
-    results = hf_decode.benchmark("toy", repetitions=3, batch_sizes=(2,))  # 1 round's slopes can be noise.
+    # A toy model decodes 36 tokens in milliseconds: on shared CI cores a round's slope can be
+    # noise, which the benchmark refuses (an error, not a figure). Up to three runs.
+    for attempt in range(3):
+        try:
+            results = hf_decode.benchmark("toy", repetitions=3, batch_sizes=(2,))
+            break
+        except RuntimeError as error:
+            if "the timings are noise" not in str(error) or attempt == 2:
+                raise
     rows = results["results"]["2"]
     assert {hf_decode.OURS, hf_decode.OURS_BASE, hf_decode.HF, hf_decode.HF_BASE} < set(rows)
     assert rows[hf_decode.HF]["latency_vs_hf_peft"] == 1.0

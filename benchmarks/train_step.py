@@ -24,6 +24,7 @@ SHAPES = {
     "medium": dict(batch_size=8, sequence_length=1024),
     "toy_llama": dict(batch_size=4, sequence_length=16),
     "smollm2": dict(batch_size=4, sequence_length=128),
+    "llama_medium": dict(batch_size=8, sequence_length=1024),
 }
 FULL = "full fine-tuning"
 VARIANTS = {  # name -> config overrides

@@ -3,9 +3,12 @@
 import functools
 import json
 
+import jax
 import pytest
 
 from benchmarks import common, decode, default_job, hf_decode, isolated, peft_torch, remat, run, scaling, serve, sizes, train_step
+from prefix_jax import train
+from prefix_jax.models import families
 
 MEMORY_KEYS = {"baseline_bytes", "peak_bytes", "train_bytes"}
 
@@ -37,6 +40,27 @@ def test_presets_build_their_family():
     assert train_step.variant_config(common.MODELS["toy"], 2, {}).model.family == "gpt2"
     assert train_step.variant_config(common.MODELS["toy_llama"], 2, {}).model.num_kv_heads == 2
     assert common.base_weights(common.MODELS["toy"]) is None
+
+
+@pytest.mark.parametrize("size", list(common.MODELS))
+def test_every_preset_has_each_sections_shapes(size):
+    # A preset missing from one section's table would stop a long run (the GPU suite's, on a lent device) midway.
+    for table in (train_step.SHAPES, decode.SHAPES, remat.SHAPES, scaling.PREFIX_LENGTHS, scaling.SEQUENCE_LENGTHS,
+                  scaling.LADDERS):
+        assert size in table
+
+
+def test_the_gpu_suite_measures_a_llama_of_gpt2_medium_size_or_larger():
+    def parameters(size):
+        config = train.model_config(train_step.variant_config(common.MODELS[size], 1, {}))
+        family = families.of(config)
+        shapes = jax.eval_shape(functools.partial(family.init_params, family.make(config)), jax.random.key(0))
+        return sum(leaf.size for leaf in jax.tree.leaves(shapes))
+
+    gpu = run.SUITES["gpu"]["size"]
+    assert common.MODELS[gpu]["family"] == "llama" and common.MODELS[gpu]["dtype"] == "bfloat16"
+    assert parameters(gpu) == 361_821_120  # SmolLM2-360M's count: 49152 x 960 + 32 x 9,832,320 + 960.
+    assert parameters(gpu) > parameters("medium") == 354_823_168  # GPT-2 medium's.
 
 
 def test_results_say_which_weights_were_read(monkeypatch):
@@ -187,7 +211,7 @@ def test_remat_schema(size):
     for row in results["results"].values():
         assert positive(row["temp_bytes"], row["step_seconds"], row["memory_vs_none"], row["time_vs_none"])
     assert results["results"]["none"]["memory_vs_none"] == 1.0
-    assert results["sequence_length"] == remat.LENGTH_FACTOR * train_step.SHAPES[size]["sequence_length"]
+    assert results["sequence_length"] == remat.SHAPES[size]["sequence_length"] > train_step.SHAPES[size]["sequence_length"]
     # Under XLA's memory-minimising CPU schedule (prefix_jax/__init__.py) remat saves memory even at toy
     # size (0.85x, 0.81x); under its concurrency-optimised default it kept 1.01x, 1.10x.
     assert results["results"]["full"]["memory_vs_none"] < 0.9
@@ -245,6 +269,20 @@ def test_a_run_of_some_sections_keeps_the_others_with_their_environment(tmp_path
     assert "Kept from an earlier run: commit aaaaaaa" in (tmp_path / "cpu.md").read_text()
     third = run.run_suite("cpu", size="toy_llama", sections=["peft_torch"], repetitions=1, steps=1, out=str(tmp_path))
     assert list(third["sections"]) == ["peft_torch"]  # Another preset's sections are not mixed in.
+
+
+def test_a_section_that_fails_keeps_the_sections_before_it_on_disk(tmp_path, monkeypatch):
+    monkeypatch.setattr(sizes, "benchmark", functools.partial(sizes.benchmark, variants=("prefix kv",)))
+
+    def out_of_memory(*args):
+        raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")
+
+    monkeypatch.setattr(scaling, "benchmark", out_of_memory)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run.run_suite("cpu", size="toy", sections=["sizes", "scaling"], repetitions=1, steps=1, out=str(tmp_path))
+    written = json.loads((tmp_path / "cpu.json").read_text())
+    assert list(written["sections"]) == ["sizes"] and written["headline"]
+    assert (tmp_path / "cpu" / "sizes.json").exists() and not (tmp_path / "cpu" / "scaling.json").exists()
 
 
 def test_run_suite_says_when_peft_is_skipped(tmp_path, monkeypatch):

@@ -18,14 +18,9 @@ XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=true to see it.
 from benchmarks import common, train_step
 from prefix_jax.models import decoder
 
-SHAPES = {
-    "toy": dict(batch_size=4, sequence_length=64),
-    "small": dict(batch_size=16, sequence_length=512),
-    "medium": dict(batch_size=2, sequence_length=2048),
-    "toy_llama": dict(batch_size=4, sequence_length=64),
-    "smollm2": dict(batch_size=4, sequence_length=512),
-    "llama_medium": dict(batch_size=2, sequence_length=2048),
-}
+GPU_PRESETS, GPU_SHAPE = ("medium", "llama_medium"), dict(batch_size=2, sequence_length=2048)
+SHAPES = {size: GPU_SHAPE if size in GPU_PRESETS else dict(shape, sequence_length=4 * shape["sequence_length"])
+          for size, shape in train_step.SHAPES.items()}
 
 
 def benchmark(size: str, repetitions: int, steps: int) -> dict:

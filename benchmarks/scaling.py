@@ -12,6 +12,7 @@ relative to the sweep's first point; the last two sweeps also give prefix / full
 """
 
 from benchmarks import common, train_step
+from experiments import common as experiments_common
 
 PREFIX_LENGTHS = {"toy": (0, 5), "small": (0, 5, 10, 50, 200), "medium": (0, 5, 10, 50, 200), "toy_llama": (0, 5),
                   "smollm2": (0, 10, 200), "llama_medium": (0, 5, 10, 50, 200)}
@@ -37,8 +38,7 @@ LADDERS = {  # name -> model; the preset itself is one rung.
     "toy_llama": {"toy_llama": common.MODELS["toy_llama"]},
     "smollm2": {"smollm2-135m": common.MODELS["smollm2"]},  # The one real model at hand.
     "llama_medium": {  # SmolLM2-135M's and -360M's dims, random weights.
-        "smollm2-135m dims (d576 L30)": dict(common.MODELS["llama_medium"], d_model=576, num_layers=30, num_heads=9,
-                                             num_kv_heads=3, d_ff=1536),
+        "smollm2-135m dims (d576 L30)": dict(experiments_common.smollm2_135m_model().to_dict(), dtype="bfloat16"),
         "smollm2-360m dims (d960 L32)": common.MODELS["llama_medium"],
     },
 }

@@ -7,7 +7,7 @@ import jax
 import pytest
 
 from benchmarks import common, decode, default_job, hf_decode, isolated, peft_torch, remat, run, scaling, serve, sizes, train_step
-from prefix_jax import train
+from prefix_jax import prefix, train
 from prefix_jax.models import families
 
 MEMORY_KEYS = {"baseline_bytes", "peak_bytes", "train_bytes"}
@@ -54,8 +54,7 @@ def test_the_gpu_suite_measures_a_llama_of_gpt2_medium_size_or_larger():
     def parameters(size):
         config = train.model_config(train_step.variant_config(common.MODELS[size], 1, {}))
         family = families.of(config)
-        shapes = jax.eval_shape(functools.partial(family.init_params, family.make(config)), jax.random.key(0))
-        return sum(leaf.size for leaf in jax.tree.leaves(shapes))
+        return prefix.num_params(jax.eval_shape(functools.partial(family.init_params, family.make(config)), jax.random.key(0)))
 
     gpu = run.SUITES["gpu"]["size"]
     assert common.MODELS[gpu]["family"] == "llama" and common.MODELS[gpu]["dtype"] == "bfloat16"

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import hidden_entries, random_hidden
+from prefix_jax import prefix
 from prefix_jax.models import families, gpt2, layers
 
 N = 4
@@ -171,7 +172,7 @@ def test_gpt2_medium_has_gpt2_medium_parameter_count():
         gpt2.GPT2Config(vocab_size=50257, num_layers=24, num_heads=16, d_model=1024, d_ff=4096, max_len=1024)
     )
     shapes = jax.eval_shape(lambda key: families.init_params(medium, key), jax.random.key(0))
-    assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes)) == 354_823_168
+    assert prefix.num_params(shapes) == 354_823_168
 
 
 def test_bad_inputs_fail_clearly(config, model, base_params, tokens):
